@@ -1,0 +1,23 @@
+"""Shared fixtures: where the real corpora are, and tiny data dirs built in tmp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ASR_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Tests share 2 cores with each other and with other jobs; one thread keeps timings predictable.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository; the test skips (with the reason) where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real corpora not found at {SHARED_DATA} (set ASR_SHARED_DATA or put ../shared beside the repo)")
+    return SHARED_DATA
