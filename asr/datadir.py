@@ -341,6 +341,34 @@ def subset_data_dir(src: str | Path, dst: str | Path, utts: list[str] | set[str]
     return dst
 
 
+def combine_data_dirs(dst: str | Path, srcs: list[str | Path]) -> Path:
+    """Merge data dirs into ``dst`` (Kaldi's combine_data.sh): ids must be unique across the sources.
+
+    A file is written only when every source has it, so the result stays consistent.
+    """
+    dst = Path(dst)
+    if not srcs:
+        raise AsrError("combine: no source data dirs")
+    merged: dict[str, dict[str, str]] = {}
+    for name in KNOWN_FILES:
+        if name == "spk2utt" or not all((Path(s) / name).is_file() for s in srcs):
+            continue
+        table: dict[str, str] = {}
+        for s in srcs:
+            for key, value in read_kv(Path(s) / name).items():
+                if key in table and table[key] != value:
+                    raise AsrError(f"{s}/{name}: id {key} also in another source with a different value")
+                table[key] = value
+        merged[name] = table
+    if "utt2spk" not in merged:
+        raise AsrError(f"combine: some of {', '.join(map(str, srcs))} have no utt2spk")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, table in merged.items():
+        write_kv(dst / name, table)
+    write_kv(dst / "spk2utt", {s: " ".join(u) for s, u in spk2utt_from_utt2spk(merged["utt2spk"]).items()})
+    return dst
+
+
 def split_data_dir(src: str | Path, n: int) -> list[Path]:
     """Split by speaker into ``src/split{n}/{1..n}`` (Kaldi's split_data.sh), balancing utterance counts."""
     src = Path(src)
@@ -394,6 +422,12 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_combine(args: argparse.Namespace) -> int:
+    combine_data_dirs(args.dst, args.srcs)
+    print(f"{args.dst}: {len(read_kv(Path(args.dst) / 'utt2spk'))} utterances")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate-data-dir", help="check a Kaldi data dir; print every problem")
     p.add_argument("dir")
@@ -412,6 +446,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--spk-list")
     g.add_argument("--first", type=int)
     p.set_defaults(func=_cmd_subset)
+    p = sub.add_parser("combine-data-dirs", help="merge data dirs (e.g. speed-perturbed copies) into DST")
+    p.add_argument("dst")
+    p.add_argument("srcs", nargs="+")
+    p.set_defaults(func=_cmd_combine)
     p = sub.add_parser("split-data-dir", help="split by speaker into DIR/splitN/{1..N}")
     p.add_argument("dir")
     p.add_argument("n", type=int)

@@ -71,8 +71,8 @@ def _conf_class(path: Path):
         from asr.train import TrainConfig
         return TrainConfig
     if name.startswith("decode"):
-        from asr.decoders import DecoderConfig
-        return DecoderConfig
+        from asr.decoders import DecodeConfig
+        return DecodeConfig
     if name.startswith("specaug"):
         from asr.augment import SpecAugmentConfig
         return SpecAugmentConfig

@@ -11,6 +11,7 @@ from asr.datadir import (
     DataDir,
     Segment,
     check_data_dir,
+    combine_data_dirs,
     fix_data_dir,
     read_kv,
     split_data_dir,
@@ -159,3 +160,15 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert main(["split-data-dir", str(tmp_path / "nope"), "2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a directory" in err
+
+
+def test_combine_data_dirs(tmp_path):
+    a = write_data_dir(tmp_path / "a", utt2spk={"a1": "A"}, text={"a1": "X"}, wav_scp={"a1": "/a1.wav"})
+    b = write_data_dir(tmp_path / "b", utt2spk={"sp0.9-a1": "sp0.9-A"}, text={"sp0.9-a1": "X"},
+                       wav_scp={"sp0.9-a1": "/sp/a1.flac"})
+    out = combine_data_dirs(tmp_path / "ab", [a, b])
+    assert validate_data_dir(out) == []
+    assert DataDir.load(out).utts == ["a1", "sp0.9-a1"]
+    c = write_data_dir(tmp_path / "c", utt2spk={"a1": "B"}, text={"a1": "X"})
+    with pytest.raises(AsrError, match="id a1 also in another source"):
+        combine_data_dirs(tmp_path / "ac", [a, c])
