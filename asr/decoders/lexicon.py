@@ -1,0 +1,91 @@
+"""Word tries over token ids, as dense tables so the beam search can follow them with numpy.
+
+A trie maps (node, token) -> node; node ``outside`` (the last row) is a sink that every unknown
+continuation falls into. The beam search keeps one trie node per prefix: for a lexicon it prunes
+prefixes that fall outside; for hotwords it gives partial matches a growing bonus.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from asr.errors import AsrError
+
+
+def spell(word: str, symbols: list[str], skip: set[int]) -> list[int] | None:
+    """Split ``word`` into token ids by greedy longest match over ``symbols`` (None if impossible)."""
+    by_len: dict[int, dict[str, int]] = {}
+    for i, s in enumerate(symbols):
+        if i not in skip and s:
+            by_len.setdefault(len(s), {})[s] = i
+    lens = sorted(by_len, reverse=True)
+    out, pos = [], 0
+    while pos < len(word):
+        for n in lens:
+            tok = by_len[n].get(word[pos : pos + n])
+            if tok is not None:
+                out.append(tok)
+                pos += n
+                break
+        else:
+            return None
+    return out
+
+
+class WordTrie:
+    """Prefix trie of words spelled in tokens: ``next (N+1, V)`` int32, ``final (N+1,)`` bool.
+
+    Node 0 is the root and node N (``outside``) the sink. ``bonus (N+1,)`` holds, for hotword
+    tries, the partial credit of each prefix (its depth over the length of the word it leads to).
+    """
+
+    def __init__(self, words: list[str], symbols: list[str], skip: set[int], weights: dict[str, float] | None = None):
+        children: list[dict[int, int]] = [{}]
+        final = [False]
+        bonus = [0.0]
+        self.missing: list[str] = []
+        for w in words:
+            ids = spell(w, symbols, skip)
+            if not ids:
+                self.missing.append(w)
+                continue
+            node = 0
+            for depth, t in enumerate(ids, 1):
+                nxt = children[node].get(t)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][t] = nxt
+                    children.append({})
+                    final.append(False)
+                    bonus.append(0.0)
+                node = nxt
+                if weights:
+                    bonus[node] = max(bonus[node], weights[w] * depth / len(ids))
+            final[node] = True
+        n = len(children)
+        self.outside = n
+        self.next = np.full((n + 1, len(symbols)), n, dtype=np.int64)
+        for node, ch in enumerate(children):
+            for t, c in ch.items():
+                self.next[node, t] = c
+        self.final = np.array(final + [False])
+        self.bonus = np.array(bonus + [0.0])
+        self.size = n
+
+
+def read_word_list(path: str | os.PathLike) -> list[str]:
+    """Words of a lexicon (``WORD pron...``) or word list: the first field of each non-empty line."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            words = [line.split()[0] for line in f if line.strip()]
+    except FileNotFoundError:
+        raise AsrError(f"{path}: no such lexicon file") from None
+    except UnicodeDecodeError:
+        raise AsrError(f"{path}: lexicon is not UTF-8 text") from None
+    if not words:
+        raise AsrError(f"{path}: lexicon is empty")
+    return list(dict.fromkeys(words))

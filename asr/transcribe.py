@@ -1,0 +1,381 @@
+"""Transcribe audio files with a trained model dir: ``asr transcribe MODEL_DIR FILE...``.
+
+The model is loaded once for all files. Long audio is streamed in chunks so memory stays flat:
+each chunk is read with a few seconds of context on both sides, run through features, pipeline
+and model, and only the output frames of its own span are kept. The kept CTC posteriors of all
+chunks form one sequence that is decoded once, so words at chunk borders are neither lost nor
+doubled. Chunk borders are moved to the quietest hop near the nominal border, where the BiLSTM's
+context matters least.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from tqdm import tqdm
+
+from asr.audio import load_wav_scp_entry, read_audio
+from asr.config import load as load_config
+from asr.datadir import read_kv
+from asr.decoders import DecodeConfig, Hypothesis, make_decoder
+from asr.errors import AsrError
+from asr.features import compute_features
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".sph"}
+
+
+@dataclass
+class Word:
+    word: str
+    start: float  # seconds
+    end: float
+    confidence: float  # mean posterior of the word's tokens at the frames that emitted them
+
+
+@dataclass
+class Transcript:
+    key: str
+    text: str
+    duration: float
+    words: list[Word] = field(default_factory=list)
+
+
+class Transcriber:
+    """Load a model dir once; transcribe many files.
+
+    ``engine`` is ``eager`` (the checkpoint) or the path of a TorchScript file from ``asr export``.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        decode: DecodeConfig | None = None,
+        checkpoint: str = "final.pt",
+        device: str = "cpu",
+        chunk_seconds: float = 30.0,
+        context_seconds: float = 5.0,
+        word_gap: float = 0.4,
+        engine: str = "eager",
+        progress: bool | None = None,
+    ):
+        from asr.modeldir import ModelDir
+
+        self.md = ModelDir.load(model_dir, checkpoint=checkpoint, device=device)
+        self.cfg = self.md.feature_config
+        if self.cfg.kind == "precomputed":
+            raise AsrError(f"{model_dir}: trained on precomputed features; it cannot transcribe audio")
+        if self.cfg.cmvn == "utterance":
+            log.warning("%s uses per-utterance CMVN: long files are normalised per chunk", model_dir)
+        self.decode_config = decode or DecodeConfig(decoder="greedy")
+        self.decoder = make_decoder(self.md.tokens.symbols, self.decode_config)
+        self.rate = self.cfg.sample_rate
+        self.shift = self.cfg.shift_samples
+        # One output frame of the model covers `hop` samples; chunk borders sit on multiples of it,
+        # so a chunk's frames line up exactly with the frames of the whole file.
+        self.hop = self.shift * self.cfg.subsample
+        self.chunk = max(1, round(chunk_seconds * self.rate / self.hop)) * self.hop
+        self.context = max(1, round(context_seconds * self.rate / self.hop)) * self.hop
+        self.progress = progress
+        self.word_gap = word_gap
+        self.scripted = self.onnx = None
+        if engine.endswith(".onnx"):
+            try:
+                import onnxruntime
+            except ImportError:
+                raise AsrError("running an ONNX model needs onnxruntime: pip install 'asr[export]'") from None
+            self.onnx = onnxruntime.InferenceSession(engine, providers=["CPUExecutionProvider"])
+        elif engine != "eager":
+            if not os.path.isfile(engine):
+                raise AsrError(f"{engine}: no such exported model (run 'asr export')")
+            self.scripted = torch.jit.load(engine, map_location="cpu").eval()
+
+    # ------------------------------------------------------------------ model on one chunk
+    def _log_probs(self, wave: torch.Tensor) -> torch.Tensor:
+        """Audio ``(T,)`` -> log-probs ``(N', V)`` of the whole piece."""
+        feats = self.md.pipeline(compute_features(wave, self.cfg))
+        if self.onnx is not None:
+            out = self.onnx.run(
+                None, {"feats": feats.unsqueeze(0).numpy(), "lengths": np.array([feats.shape[0]], dtype=np.int64)}
+            )
+            return torch.from_numpy(out[0][0])
+        if self.scripted is not None:
+            lp, _ = self.scripted(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
+            return lp[0].float()
+        lp, lens = self.md.log_probs([feats])
+        return lp[0, : int(lens[0])]
+
+    def posteriors(self, audio: AudioSource) -> torch.Tensor:
+        """Stitched log-probs ``(N, V)`` of a whole recording, computed chunk by chunk."""
+        total = audio.num_samples
+        if total < self.cfg.window_samples:
+            raise AsrError(f"{audio.name}: {total} samples, shorter than one analysis window")
+        if total <= self.chunk + self.context:
+            return self._log_probs(audio.read(0, total))
+        pieces, start = [], 0
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        with tqdm(total=total / self.rate, unit="s", disable=not show, desc=audio.name, leave=False) as bar:
+            while start < total:
+                end = self._border(audio, start + self.chunk) if start + self.chunk + self.context < total else total
+                a, b = max(0, start - self.context), min(total, end + self.context)
+                lp = self._log_probs(audio.read(a, b))
+                first = (start - a) // self.hop
+                n = (end - start) // self.hop if end < total else lp.shape[0] - first
+                pieces.append(lp[first : first + n])
+                bar.update((end - start) / self.rate)
+                start = end
+        return torch.cat(pieces)
+
+    def _border(self, audio: AudioSource, nominal: int) -> int:
+        """The quietest hop boundary within one second of ``nominal`` (a multiple of ``hop``)."""
+        reach = (self.rate // self.hop) * self.hop
+        a = nominal - reach
+        seg = audio.read(a, min(audio.num_samples, nominal + reach))
+        hops = seg.numel() // self.hop
+        if hops < 2:
+            return nominal
+        energy = seg[: hops * self.hop].reshape(hops, self.hop).pow(2).mean(dim=1)
+        return a + int(torch.argmin(energy[1:])) * self.hop + self.hop
+
+    # ------------------------------------------------------------------ public API
+    def transcribe(self, audio: AudioSource) -> Transcript:
+        """One recording -> its transcript with word times and confidences."""
+        lp = self.posteriors(audio)
+        hyp: Hypothesis = self.decoder.decode(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0][0]
+        words = self._words(hyp, lp)
+        duration = audio.num_samples / self.rate
+        return Transcript(audio.name, " ".join(w.word for w in words), duration, words)
+
+    def transcribe_file(self, path: str | os.PathLike) -> Transcript:
+        return self.transcribe(AudioSource.open(str(path), self.rate))
+
+    def _words(self, hyp: Hypothesis, lp: torch.Tensor) -> list[Word]:
+        """Words with times; a pause longer than ``word_gap`` also ends a word.
+
+        Char models are trained on utterances that neither start nor end with a word boundary, so in
+        a long recording holding many utterances nothing marks the border between the last word of
+        one and the first of the next except the silence between them.
+        """
+        frame_s = self.hop / self.rate
+        max_gap = max(1, round(self.word_gap / frame_s))
+        boundary = self.decode_config.word_boundary
+        symbols = self.md.tokens.symbols
+        words, cur, conf = [], [], []
+        probs = lp.exp()
+        for tok, t in zip(hyp.tokens, hyp.timesteps, strict=True):
+            if symbols[tok] == boundary or (cur and t - cur[-1][1] > max_gap):
+                if cur:
+                    words.append(_word(cur, conf, symbols, frame_s))
+                cur, conf = [], []
+                if symbols[tok] == boundary:
+                    continue
+            cur.append((tok, t))
+            conf.append(float(probs[min(t, probs.shape[0] - 1), tok]))
+        if cur:
+            words.append(_word(cur, conf, symbols, frame_s))
+        return words
+
+
+def _word(toks: list[tuple[int, int]], conf: list[float], symbols: list[str], frame_s: float) -> Word:
+    text = "".join(symbols[t] for t, _ in toks)
+    return Word(
+        text, round(toks[0][1] * frame_s, 3), round((toks[-1][1] + 1) * frame_s, 3), round(float(np.mean(conf)), 4)
+    )
+
+
+class AudioSource:
+    """A recording read piece by piece at ``rate`` (files are streamed; pipes/stdin are held in memory)."""
+
+    def __init__(self, name: str, rate: int, num_samples: int, reader):
+        self.name, self.rate, self.num_samples, self._reader = name, rate, num_samples, reader
+
+    def read(self, a: int, b: int) -> torch.Tensor:
+        """Samples ``[a, b)`` at ``rate``, mono ``(b - a,)``."""
+        return self._reader(max(0, a), min(b, self.num_samples))
+
+    @classmethod
+    def from_tensor(cls, name: str, wave: torch.Tensor, rate: int) -> AudioSource:
+        return cls(name, rate, wave.numel(), lambda a, b: wave[a:b])
+
+    @classmethod
+    def open(cls, path: str, rate: int, name: str | None = None) -> AudioSource:
+        name = name or path
+        if path == "-":
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise AsrError("-: nothing on standard input")
+            return cls.from_tensor("-", read_audio(io.BytesIO(data), rate, name="-"), rate)
+        if not os.path.isfile(path):
+            raise AsrError(f"{name}: no such file")
+        if os.path.getsize(path) == 0:
+            raise AsrError(f"{name}: empty file")
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AsrError(f"{name}: cannot decode audio ({str(e).strip().splitlines()[0]})") from None
+        if info.frames <= 0:
+            raise AsrError(f"{name}: empty audio (0 samples)")
+        if info.duration < 120:  # short files: one read, no streaming bookkeeping
+            return cls.from_tensor(name, read_audio(path, rate, name=name), rate)
+        native = info.samplerate
+        total = math.floor(info.frames * rate / native)
+
+        def reader(a: int, b: int) -> torch.Tensor:
+            # Read the matching native span (plus a little for the resampler) and resample it.
+            na, nb = math.floor(a * native / rate), math.ceil(b * native / rate)
+            try:
+                with sf.SoundFile(path) as f:
+                    f.seek(na)
+                    data = f.read(nb - na, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AsrError(f"{name}: cannot decode audio ({str(e).strip()})") from None
+            if not np.isfinite(data).all():
+                raise AsrError(f"{name}: audio contains NaN or infinite samples")
+            wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+            if native != rate:
+                wave = AF.resample(wave, native, rate)
+            out = wave[: b - a]
+            return torch.nn.functional.pad(out, (0, (b - a) - out.numel()))
+
+        return cls(name, rate, total, reader)
+
+
+def expand_inputs(items: list[str], rate: int) -> Iterator[tuple[str, AudioSource | AsrError]]:
+    """Files, ``-``, directories (their audio files, recursively) and ``wav.scp`` files -> sources."""
+    for item in items:
+        p = Path(item)
+        if item != "-" and p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                yield item, AsrError(f"{item}: directory holds no audio files")
+            for f in files:
+                yield from _open(str(f), rate)
+        elif p.name.endswith(".scp") and p.is_file():
+            try:
+                entries = read_kv(p)
+            except AsrError as e:
+                yield item, e
+                continue
+            for key, value in entries.items():
+                try:
+                    yield key, AudioSource.from_tensor(key, load_wav_scp_entry(value, rate, name=key), rate)
+                except AsrError as e:
+                    yield key, e
+        else:
+            yield from _open(item, rate)
+
+
+def _open(path: str, rate: int) -> Iterator[tuple[str, AudioSource | AsrError]]:
+    try:
+        yield path, AudioSource.open(path, rate)
+    except AsrError as e:
+        yield path, e
+
+
+# ---------------------------------------------------------------------- output formats
+def _srt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def format_srt(tr: Transcript, max_words: int = 12, pause: float = 0.6) -> str:
+    """Subtitles: a cue per phrase, split at pauses longer than ``pause`` s or every ``max_words``."""
+    cues, cur = [], []
+    for w in tr.words:
+        if cur and (len(cur) >= max_words or w.start - cur[-1].end > pause):
+            cues.append(cur)
+            cur = []
+        cur.append(w)
+    if cur:
+        cues.append(cur)
+    return "".join(
+        f"{i}\n{_srt_time(c[0].start)} --> {_srt_time(c[-1].end)}\n{' '.join(w.word for w in c)}\n\n"
+        for i, c in enumerate(cues, 1)
+    )
+
+
+def format_ctm(tr: Transcript) -> str:
+    """NIST CTM: ``key channel start duration word confidence`` per word."""
+    key = tr.key.replace(" ", "_")
+    return "".join(f"{key} 1 {w.start:.3f} {w.end - w.start:.3f} {w.word} {w.confidence:.4f}\n" for w in tr.words)
+
+
+def format_transcripts(transcripts: list[Transcript], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([asdict(t) for t in transcripts], indent=2, ensure_ascii=False) + "\n"
+    if fmt == "ctm":
+        return "".join(format_ctm(t) for t in transcripts)
+    if fmt == "srt":
+        return "".join(format_srt(t) for t in transcripts)
+    return "".join(f"{t.key.replace(' ', '_')} {t.text}\n" for t in transcripts)
+
+
+# ---------------------------------------------------------------------- CLI
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.atomic import write_text
+
+    decode = load_config(DecodeConfig, args.conf, args.set)
+    if args.decoder:
+        decode.decoder = args.decoder
+    elif not args.conf:
+        decode.decoder = "greedy"
+    if args.lm:
+        decode.lm = args.lm
+    engine = args.engine
+    tr = Transcriber(
+        args.model_dir, decode, checkpoint=args.checkpoint, chunk_seconds=args.chunk_seconds, engine=engine
+    )
+    done, failed = [], 0
+    for key, source in expand_inputs(args.files, tr.rate):
+        if isinstance(source, AsrError):
+            print(f"asr transcribe: {source}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            t = tr.transcribe(source)
+        except AsrError as e:
+            print(f"asr transcribe: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        t.key = key
+        done.append(t)
+        if not args.output:
+            sys.stdout.write(format_transcripts([t], args.format))
+            sys.stdout.flush()
+    if args.output:
+        write_text(args.output, format_transcripts(done, args.format))
+    if failed:
+        print(f"asr transcribe: {failed} of {failed + len(done)} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files with a trained model dir")
+    p.add_argument("model_dir")
+    p.add_argument("files", nargs="+", help="audio files, directories, wav.scp files, or - for stdin")
+    p.add_argument("--decoder", choices=["greedy", "beam"], help="default: greedy, or what --conf says")
+    p.add_argument("--conf", help="decoder config YAML (conf/decode_beam.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a decoder setting")
+    p.add_argument("--lm", help="ARPA word n-gram LM for beam search")
+    p.add_argument("--format", choices=["text", "json", "ctm", "srt"], default="text")
+    p.add_argument("-o", "--output", help="write here (atomically) instead of stdout")
+    p.add_argument("--checkpoint", default="final.pt")
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="long audio is processed in chunks this long")
+    p.add_argument(
+        "--engine", default="eager", help="'eager', or a TorchScript (.ts) or ONNX (.onnx) file from 'asr export'"
+    )
+    p.set_defaults(func=_cmd_transcribe)

@@ -1,0 +1,147 @@
+"""asr transcribe: a model trained here on yesno transcribes real files, long audio in chunks, exports."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from trainutil import lang_dir, yesno_dir
+
+from asr.cli import main
+from asr.export import export
+from asr.models import ModelConfig
+from asr.schedule import ScheduleConfig
+from asr.train import OptimConfig, TrainConfig, train
+from asr.transcribe import AudioSource, Transcriber, format_srt
+
+
+def yesno_text(path: Path) -> str:
+    return " ".join("YES" if c == "1" else "NO" for c in path.stem.split("_"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A 2x48 BiLSTM (3-frame stacking) trained on all 60 yesno files: ~45 s on one core."""
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real corpora not found at {SHARED_DATA}")
+    out = tmp_path_factory.mktemp("yesno")
+    data = yesno_dir(SHARED_DATA, out / "data", 60, stack=3, subsample=3)
+    lang = lang_dir(data, out / "lang")
+    cfg = TrainConfig(model=ModelConfig(num_layers=2, hidden=48, dropout=0.0), optim=OptimConfig(lr=0.005),
+                      schedule=ScheduleConfig(name="none"), max_epochs=30, frames_per_batch=3000,
+                      average="last", average_n=3)
+    train(data, data, lang, out / "exp", cfg)
+    return out / "exp"
+
+
+@pytest.fixture(scope="module")
+def transcriber(model_dir) -> Transcriber:
+    return Transcriber(model_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def yesno_files(model_dir) -> list[Path]:
+    from conftest import SHARED_DATA
+
+    return sorted((SHARED_DATA / "yesno" / "waves_yesno").glob("*.wav"))
+
+
+def test_transcribes_real_files_to_their_transcripts(transcriber, yesno_files):
+    wrong = [f.name for f in yesno_files if transcriber.transcribe_file(f).text != yesno_text(f)]
+    assert len(wrong) <= 1, wrong  # trained on these very files: at most one slip
+
+
+def test_word_times_fall_inside_the_audio(transcriber, yesno_files):
+    tr = transcriber.transcribe_file(yesno_files[0])
+    assert len(tr.words) == 8
+    for w in tr.words:
+        assert 0 <= w.start < w.end <= tr.duration + 1e-6 and 0 < w.confidence <= 1
+    assert [w.start for w in tr.words] == sorted(w.start for w in tr.words)
+    srt = format_srt(tr)
+    assert srt.startswith("1\n00:00:0") and " --> " in srt
+
+
+def test_long_file_in_chunks_equals_per_utterance_results(transcriber, yesno_files, tmp_path):
+    """10 minutes of concatenated files: bounded reads, same words as transcribing each file alone."""
+    rate = 8000
+    gap = np.zeros(rate // 2, dtype=np.float32)
+    pieces, expected, total = [], [], 0.0
+    i = 0
+    while total < 600:
+        f = yesno_files[i % len(yesno_files)]
+        audio, r = sf.read(f, dtype="float32")
+        assert r == rate
+        pieces += [audio, gap]
+        total += (len(audio) + len(gap)) / rate
+        expected.append(f)
+        i += 1
+    path = tmp_path / "long.wav"
+    sf.write(path, np.concatenate(pieces), rate, subtype="PCM_16")
+    alone = {f: transcriber.transcribe_file(f).text for f in set(expected)}
+
+    source = AudioSource.open(str(path), transcriber.rate)
+    reads = []
+    inner = source._reader
+    source._reader = lambda a, b: reads.append(b - a) or inner(a, b)
+    tr = transcriber.transcribe(source)
+    assert tr.text == " ".join(alone[f] for f in expected)
+    # memory stays bounded: no read is longer than one chunk plus its context
+    assert max(reads) <= transcriber.chunk + 2 * transcriber.context + 2 * transcriber.rate
+    assert len(reads) > 20
+    assert all(w.end <= tr.duration for w in tr.words)
+
+
+def test_torchscript_and_onnx_exports_match_eager(model_dir, transcriber, yesno_files):
+    ts = export(model_dir, "torchscript")
+    scripted = Transcriber(model_dir, engine=str(ts), progress=False)
+    wave = AudioSource.open(str(yesno_files[3]), transcriber.rate)
+    eager_lp = transcriber.posteriors(wave)
+    torch.testing.assert_close(scripted.posteriors(wave), eager_lp, atol=1e-4, rtol=1e-4)
+    assert scripted.transcribe(wave).text == transcriber.transcribe(wave).text
+    pytest.importorskip("onnxruntime")
+    onnx_path = export(model_dir, "onnx")
+    onnx_tr = Transcriber(model_dir, engine=str(onnx_path), progress=False)
+    torch.testing.assert_close(onnx_tr.posteriors(wave), eager_lp, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_formats_inputs_and_bad_files(model_dir, yesno_files, tmp_path, capsys, monkeypatch):
+    audio_dir = tmp_path / "in"
+    audio_dir.mkdir()
+    good = [audio_dir / yesno_files[i].name for i in (0, 1)]
+    for src, dst in zip(yesno_files[:2], good, strict=True):
+        # as stereo flac at 44.1 kHz: format, channels and rate all differ from training
+        a, r = sf.read(src, dtype="float32")
+        a = torch.from_numpy(a)
+        import torchaudio.functional as AF
+        up = AF.resample(a, r, 44100).numpy()
+        sf.write(dst.with_suffix(".flac"), np.stack([up, up], 1), 44100)
+    (audio_dir / "empty.wav").write_bytes(b"")
+    (audio_dir / "notes.wav").write_text("not audio")
+    rc = main(["transcribe", str(model_dir), str(audio_dir), str(tmp_path / "missing.wav"), "--format", "ctm",
+               "-o", str(tmp_path / "out.ctm")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "empty.wav: empty file" in err and "notes.wav: cannot decode audio" in err and "missing.wav" in err
+    assert "Traceback" not in err
+    ctm = (tmp_path / "out.ctm").read_text().splitlines()
+    assert len(ctm) == 16 and all(len(line.split()) == 6 for line in ctm)
+
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"u1 {yesno_files[0]}\nu2 cat {yesno_files[1]} |\n")
+    assert main(["transcribe", str(model_dir), str(scp), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out.replace("]\n[", ","))
+    assert [o["key"] for o in out] == ["u1", "u2"]
+    assert out[0]["text"] == yesno_text(yesno_files[0]) or len(out[0]["words"]) == 8
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(yesno_files[0].read_bytes())))
+    assert main(["transcribe", str(model_dir), "-"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("- ") and len(line.split()) == 9
