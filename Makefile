@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+COMPARE := $(VENV)/.compare
 # Keep BLAS/OpenMP from oversubscribing small machines; torch picks its own intra-op threads.
 export OMP_NUM_THREADS ?= 2
 
@@ -14,13 +15,21 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,demo]'
+	$(BIN)/pip install -q -e '.[test,demo,export]'
 	touch $@
 
-test: setup
+# Comparison decoders for the parity tests and benchmarks (the `compare` extra). pyctcdecode pins
+# numpy<2 without needing it, so it goes in without its dependencies; kenlm compiles (a minute or
+# two). A failure here only makes the parity tests skip, with the reason, so it does not stop setup.
+$(COMPARE): $(STAMP)
+	$(BIN)/pip install -q flashlight-text fast-ctc-decode kenlm || echo "warning: comparison decoders not installed"
+	$(BIN)/pip install -q --no-deps pyctcdecode && $(BIN)/pip install -q pygtrie || echo "warning: pyctcdecode not installed"
+	touch $@
+
+test: setup $(COMPARE)
 	$(BIN)/python -m pytest -q
 
-test-all: setup
+test-all: setup $(COMPARE)
 	$(BIN)/python -m pytest -q -m ''
 
 demo: setup
@@ -29,7 +38,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check asr tests bench egs
 
-bench: setup
+bench: setup $(COMPARE)
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
 clean-venv:
