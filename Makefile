@@ -33,7 +33,7 @@ test-all: setup $(COMPARE)
 	$(BIN)/python -m pytest -q -m ''
 
 demo: setup
-	$(MAKE) -C egs/demo PATH="$(abspath $(BIN)):$$PATH"
+	PATH="$(abspath $(BIN)):$$PATH" $(MAKE) -C egs/demo
 
 lint: setup
 	$(BIN)/ruff check asr tests bench egs

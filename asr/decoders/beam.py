@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from asr.decoders.hypothesis import DecodeConfig, Hypothesis, check_inputs, words_from_tokens
-from asr.decoders.lexicon import WordTrie, read_word_list, spell
-from asr.decoders.lm import ArpaLM, KenLM, load_lm
+from asr.decoders.lexicon import WordTrie, prefix_free, read_word_list, spell
+from asr.decoders.lm import BOS, EOS, UNK, ArpaLM, KenLM, load_lm
 from asr.errors import AsrError
 
 NEG = -np.inf
 FLOOR = -1e4  # log-prob of "impossible": exp() is 0, yet sums over frames stay exact to ~1e-9
+_NODE_FIELDS = ("parent", "token", "child", "committed", "extra", "tnode", "hnode", "ctx", "frame", "best")
 
 
 class BeamSearchDecoder:
@@ -46,7 +47,7 @@ class BeamSearchDecoder:
             )
         self.lm = lm if lm is not None else (load_lm(cfg.lm) if cfg.lm else None)
         skip = {0} if self.boundary is None else {0, self.boundary}
-        self.trie, self.hard = None, False
+        self.trie, self.hard, special = None, False, []
         if cfg.lexicon:
             words = read_word_list(cfg.lexicon)
             self.trie, self.hard = WordTrie(words, self.symbols, skip), True
@@ -54,7 +55,13 @@ class BeamSearchDecoder:
             if self.trie.size == 1:
                 raise AsrError(f"{cfg.lexicon}: none of its words can be spelled with the tokens")
         elif self.lm is not None and self.lm.vocab:
-            self.trie = WordTrie(sorted(self.lm.vocab), self.symbols, skip)
+            # <s>, </s> and <unk> are no vocabulary words, yet ``word in lm`` may hold for them: where
+            # the tokens spell them they get trie nodes of their own (penalised like non-words, see
+            # ``_tables``), so that a trie node names one word to the LM cache (``_word_classes``).
+            vocab = sorted(self.lm.vocab)
+            special = [w for w in (BOS, EOS, UNK) if w not in self.lm.vocab and spell(w, self.symbols, skip)]
+            self.trie = WordTrie(vocab + special, self.symbols, skip)
+        self.n_real = len(self.trie.words) - len(special) if self.trie is not None else 0
         if self.lm is not None and self.lm.vocab is not None:
             from_lm = self.trie is not None and not self.hard
             missing = (
@@ -73,8 +80,26 @@ class BeamSearchDecoder:
         if self.hotset:
             self.hot = WordTrie(sorted(self.hotset), self.symbols, skip, {w: cfg.hotword_bonus for w in self.hotset})
         self.plain = self.lm is None and self.trie is None and self.hot is None
+        # Whether a prefix can score -inf (or NaN) and must be kept out of the beam; else that
+        # check is skipped. A non-finite word score found later sets it (see ``_word_score``).
+        weights = (cfg.unk_penalty, cfg.alpha, cfg.beta, cfg.hotword_bonus)
+        self.may_die = self.hard or not all(math.isfinite(w) for w in weights)
+        self._word_classes(skip)
         self._tables()
         self._alloc(4096)
+
+    def _word_classes(self, skip: set[int]) -> None:
+        # Completing a word costs an LM query per (context, word). When each trie node names one
+        # string (prefix-free spelling symbols), every word outside the LM vocabulary (or outside a
+        # lexicon) scores alike, so words are keyed by their trie node, all outsiders share one
+        # class, and the word string is only spelled out on a cache miss. Hotwords give words
+        # outside the LM their own bonuses, so they keep the string path.
+        self.by_class = self.trie is not None and self.hot is None and prefix_free(self.symbols, skip)
+        if self.by_class:
+            # Class 0: the empty word (root); of a final node: the node; of everything else: ``other``.
+            self.other = self.trie.size + 1
+            self.cls_of = np.where(self.trie.final, np.arange(self.trie.size + 1), self.other)
+            self.cls_of[0] = 0
 
     def _tables(self) -> None:
         # What a child prefix adds to its parent's committed score, per (trie node, token), so
@@ -82,13 +107,15 @@ class BeamSearchDecoder:
         # boundary the LM part is left out and beta counted: an optimistic bound, so no extension
         # is wrongly skipped.
         miss = NEG if self.hard else self.cfg.unk_penalty
-        self.t_tab = self.h_tab = None
+        self.t_tab = self.h_tab = self.t_pen = None
         b = self.boundary
         if self.trie is not None:
-            t_pen = np.zeros(self.trie.size + 1)
+            self.t_pen = t_pen = np.zeros(self.trie.size + 1)  # what entering a trie node adds
             t_pen[self.trie.outside] = miss
+            t_pen[self.trie.origin >= self.n_real] = miss  # prefixes of <s>, </s>, <unk> only
             self.t_tab = t_pen[self.trie.next]
-            self.t_tab[:, b] = np.where(self.trie.final, 0.0, miss)
+            real_word = self.trie.final & (self.trie.word_of < self.n_real)
+            self.t_tab[:, b] = np.where(real_word, 0.0, miss)
             self.t_tab[0, b] = 0.0
             if self.lm is not None:
                 self.t_tab[:, b] += self.cfg.beta
@@ -129,10 +156,7 @@ class BeamSearchDecoder:
         self.pos = np.full(cap, -1, np.int64)
 
     def _grow(self, need: int) -> None:
-        old = {
-            k: getattr(self, k)
-            for k in ("parent", "token", "child", "committed", "extra", "tnode", "hnode", "ctx", "frame", "best")
-        }
+        old = {k: getattr(self, k) for k in _NODE_FIELDS}
         cap = self.cap
         while cap < need:
             cap *= 2
@@ -150,7 +174,7 @@ class BeamSearchDecoder:
         self.ctx_states = [self.lm.begin()] if self.lm is not None else [None]
         self.ctx_ids = {self.ctx_states[0]: 0}
         self.wcache: dict[int, str] = {}
-        self.wmemo: dict[tuple[int, str], tuple[float, int]] = {}
+        self.wmemo: dict[tuple[int, str] | int, tuple[float, int]] = {}
 
     def _word(self, node: int) -> str:
         """The partial word at the end of prefix ``node`` (memoised: beams share prefixes)."""
@@ -161,16 +185,34 @@ class BeamSearchDecoder:
             self.wcache[node] = w
         return w
 
-    def _complete(self, node: int, word: str) -> tuple[float, int]:
-        """Score of finishing ``word`` after prefix ``node``: (committed score or -inf, LM context id)."""
-        sc, ctx = float(self.committed[node]), int(self.ctx[node])
-        if not word:
-            return sc, ctx
-        key = (ctx, word)
-        hit = self.wmemo.get(key)
-        if hit is None:
-            hit = self.wmemo[key] = self._word_score(ctx, word)
-        return sc + hit[0], hit[1]
+    def _complete(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score of finishing the partial words ending at ``nodes (M,)``: committed scores (or -inf)
+        ``(M,)`` and LM context ids ``(M,)``. Memoised per (context, word), or per (context, word
+        class) where ``_word_classes`` allows it."""
+        ctx = self.ctx[nodes]
+        if not self.by_class:
+            keys = [(c, self._word(p)) for c, p in zip(ctx.tolist(), nodes.tolist(), strict=True)]
+        else:
+            wn = self.tnode[nodes]
+            cls = self.cls_of[wn]
+            keys = (ctx * (self.other + 1) + cls).tolist()
+        memo = self.wmemo
+        hits = [memo.get(k) for k in keys]
+        if None in hits:
+            for i, h in enumerate(hits):
+                if h is None:
+                    h = memo.get(keys[i])
+                if h is None:
+                    cx = int(ctx[i])
+                    if not self.by_class:
+                        word = keys[i][1]
+                    elif cls[i] == self.other:
+                        word = self._word(int(nodes[i]))
+                    else:
+                        word = self.trie.words[self.trie.word_of[wn[i]]] if cls[i] else ""
+                    h = memo[keys[i]] = self._word_score(cx, word) if word else (0.0, cx)
+                hits[i] = h
+        return self.committed[nodes] + [h[0] for h in hits], np.array([h[1] for h in hits], np.int64)
 
     def _word_score(self, ctx: int, word: str) -> tuple[float, int]:
         """What completing ``word`` in LM context ``ctx`` adds (-inf outside a lexicon), and the next context."""
@@ -188,40 +230,45 @@ class BeamSearchDecoder:
                 self.ctx_states.append(state)
         if word in self.hotset:
             sc += self.cfg.hotword_bonus
+        if not math.isfinite(sc):
+            self.may_die = True
         return sc, ctx
 
     def _create(self, par: np.ndarray, tok: np.ndarray) -> np.ndarray:
+        """New children of ``par (M,)`` by ``tok (M,)`` (pairs not in the tree yet) -> their ids ``(M,)``."""
         m = len(par)
-        if self.n + m > self.cap:
-            self._grow(self.n + m)
-        ids = np.arange(self.n, self.n + m)
-        self.n += m
-        self.parent[ids], self.token[ids] = par, tok
-        self.best[ids] = NEG
+        a = self.n
+        z = a + m
+        if z > self.cap:
+            self._grow(z)
+        self.n = z
+        # New ids are contiguous: slices are cheaper than fancy indexing.
+        ids = np.arange(a, z)
+        self.parent[a:z], self.token[a:z] = par, tok
+        self.best[a:z] = NEG
         self.child[par, tok] = ids
         if self.plain:  # no LM, lexicon or hotwords: every score addend stays 0
             return ids
-        self.committed[ids] = self.committed[par]
-        self.ctx[ids] = self.ctx[par]
-        pending = np.zeros(m)
+        com = self.committed[par]
+        self.committed[a:z] = com
+        self.ctx[a:z] = self.ctx[par]
+        pending = None
         if self.trie is not None:
             tn = self.trie.next[self.tnode[par], tok]
-            self.tnode[ids] = tn
-            out = tn == self.trie.outside
-            pending[out] = NEG if self.hard else self.cfg.unk_penalty
+            self.tnode[a:z] = tn
+            pending = self.t_pen[tn]
         if self.hot is not None:
             hn = self.hot.next[self.hnode[par], tok]
-            self.hnode[ids] = hn
-            pending += self.hot.bonus[hn]
-        self.extra[ids] = self.committed[ids] + pending
-        if self.boundary is not None and (self.lm is not None or self.trie is not None or self.hot is not None):
-            sp = np.flatnonzero(tok == self.boundary)
-            if len(sp):
-                done = [self._complete(p, self._word(p)) for p in par[sp].tolist()]
-                nodes = ids[sp]
-                self.committed[nodes] = self.extra[nodes] = [d[0] for d in done]
-                self.ctx[nodes] = [d[1] for d in done]
-                self.tnode[nodes] = self.hnode[nodes] = 0
+            self.hnode[a:z] = hn
+            pending = self.hot.bonus[hn] if pending is None else pending + self.hot.bonus[hn]
+        self.extra[a:z] = com if pending is None else com + pending
+        sp = (tok == self.boundary).nonzero()[0]
+        if len(sp):
+            sc, ctx = self._complete(par[sp])
+            nodes = sp + a
+            self.committed[nodes] = self.extra[nodes] = sc
+            self.ctx[nodes] = ctx
+            self.tnode[nodes] = self.hnode[nodes] = 0
         return ids
 
     # ---- search --------------------------------------------------------------------------------
@@ -237,8 +284,9 @@ class BeamSearchDecoder:
             out: list[np.ndarray | None] = [None] * len(lp)
             if len(rows):
                 starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-                for t, c in zip(rows[starts].tolist(), np.split(cols, starts[1:]), strict=True):
-                    out[t] = c
+                bounds = starts.tolist() + [len(rows)]
+                for i, t in enumerate(rows[starts].tolist()):
+                    out[t] = cols[bounds[i] : bounds[i + 1]]
             return out
         order = np.argsort(-lp, axis=1, kind="stable")
         srt = np.take_along_axis(lp, order, 1)
@@ -265,6 +313,9 @@ class BeamSearchDecoder:
         lp = np.maximum(lp, FLOOR)
         lpp = np.concatenate([lp, np.full((T, 1), FLOOR)], 1)
         cands = self._candidates(lp)
+        # nxt[t]: the first frame >= t with candidates (T if none), to skip blank runs in one step.
+        act = np.array([c is not None for c in cands] + [True])
+        nxt = np.minimum.accumulate(np.where(act, np.arange(T + 1), T)[::-1])[::-1].tolist()
         arange, negs = np.arange(nb + nb * self.V), np.full(nb * self.V, NEG)
         blank_tail = np.concatenate([np.cumsum(lp[::-1, 0])[::-1], [0.0]])  # log P(blank on t..T-1)
         nodes = np.zeros(1, np.int64)
@@ -272,10 +323,9 @@ class BeamSearchDecoder:
         last, ex = np.full(1, self.V), np.zeros(1)
         t = 0
         while t < T:
-            if cands[t] is None:
-                e = t + 1
-                while e < T and cands[e] is None:
-                    e += 1
+            C = cands[t]
+            if C is None:
+                e = nxt[t]
                 if e - t == 1:
                     pb, pnb = np.logaddexp(pb, pnb) + lp[t, 0], pnb + lpp[t, last]
                 else:
@@ -288,13 +338,14 @@ class BeamSearchDecoder:
                     pnb = pnb + rc[-1]
                 t = e
                 continue
-            C = cands[t]
-            row = lp[t]
+            row = lpp[t]
             K = len(C)
             ptot = np.logaddexp(pb, pnb)
             new_pb = ptot + row[0]
-            new_pnb = pnb + lpp[t, last]
-            ext = (np.where(last[:, None] == C[None, :], pb[:, None], ptot[:, None]) + row[C][None, :]).ravel()
+            new_pnb = pnb + row[last]
+            ext = np.where(last[:, None] == C, pb[:, None], ptot[:, None])
+            ext += row[C]
+            ext = ext.ravel()
             cur = np.logaddexp(new_pb, new_pnb)
             if not plain:
                 cur += ex
@@ -320,38 +371,53 @@ class BeamSearchDecoder:
             par, tk, es = nodes[bi], C[ki], ext[sel]
             ch = self.child[par, tk]
             new = ch < 0
-            if new.any():
-                ch[new] = self._create(par[new], tk[new])
-            better = es > self.best[ch]
-            cb = ch[better]
-            self.best[cb] = es[better]
-            self.frame[cb] = t
-            self.pos[nodes] = arange[:B]
-            idx = self.pos[ch]
-            self.pos[nodes] = -1
-            hit = idx >= 0
-            if hit.any():
-                ih = idx[hit]
-                new_pnb[ih] = np.logaddexp(new_pnb[ih], es[hit])
-                add = ~hit
+            add = None
+            if new.all():  # all new: none is in the beam yet, and each gets its first best score
+                ch = self._create(par, tk)
+                self.best[ch] = es
+                self.frame[ch] = t
             else:
-                add = None
+                if new.any():
+                    ch[new] = self._create(par[new], tk[new])
+                better = es > self.best[ch]
+                cb = ch[better]
+                self.best[cb] = es[better]
+                self.frame[cb] = t
+                self.pos[nodes] = arange[:B]
+                idx = self.pos[ch]
+                self.pos[nodes] = -1
+                hit = idx >= 0
+                if hit.any():
+                    ih = idx[hit]
+                    new_pnb[ih] = np.logaddexp(new_pnb[ih], es[hit])
+                    # Only the members that absorbed an extension change their score.
+                    cur[ih] = np.logaddexp(new_pb[ih], new_pnb[ih])
+                    if not plain:
+                        cur[ih] += ex[ih]
+                    add = ~hit
             if not plain:
-                alive = self.extra[ch] > NEG
-                add = alive if add is None else add & alive
+                exc = self.extra[ch]
+                if self.may_die:
+                    alive = exc > NEG
+                    add = alive if add is None else add & alive
             if add is not None:
                 ch, es, tk = ch[add], es[add], tk[add]
+                if not plain:
+                    exc = exc[add]
             nodes = np.concatenate([nodes, ch])
             pb = np.concatenate([new_pb, negs[: len(ch)]])
             pnb = np.concatenate([new_pnb, es])
             last = np.concatenate([last, tk])
-            score = np.logaddexp(pb, pnb)
-            if not plain:
-                ex = np.concatenate([ex, self.extra[ch]])
-                score += ex
+            # New members have P(blank) = 0, so their CTC score is their non-blank one.
+            if plain:
+                score = np.concatenate([cur, es])
+            else:
+                ex = np.concatenate([ex, exc])
+                score = np.concatenate([cur, es + exc])
             if len(score) > nb:
                 keep = np.argpartition(-score, nb - 1)[:nb]
-                keep = keep[score[keep] >= score[keep].max() - cfg.beam_threshold]
+                sk = score[keep]
+                keep = keep[sk >= sk.max() - cfg.beam_threshold]
             else:
                 keep = np.flatnonzero(score >= score.max() - cfg.beam_threshold)
                 if len(keep) == len(score):
@@ -364,16 +430,19 @@ class BeamSearchDecoder:
         return self._finish(nodes, np.logaddexp(pb, pnb))
 
     def _finish(self, nodes: np.ndarray, ctc: np.ndarray) -> list[Hypothesis]:
-        fused = []
-        for node, c in zip(nodes.tolist(), ctc.tolist(), strict=True):
-            if self.plain:
-                fused.append(c)
-                continue
-            sc, ctx = self._complete(node, self._word(node))
-            if self.lm is not None and sc > NEG:
-                sc += self.cfg.alpha * self.lm.end(self.ctx_states[ctx])
-            fused.append(c + sc)
-        fused = np.array(fused)
+        if self.plain:
+            fused = np.array(ctc, float)
+        else:
+            scs, ctxs = self._complete(nodes)
+            fused, ends = [], {}  # beams share LM contexts: one </s> query each
+            for c, sc, ctx in zip(ctc.tolist(), scs.tolist(), ctxs.tolist(), strict=True):
+                if self.lm is not None and sc > NEG:
+                    end = ends.get(ctx)
+                    if end is None:
+                        end = ends[ctx] = self.cfg.alpha * self.lm.end(self.ctx_states[ctx])
+                    sc += end
+                fused.append(c + sc)
+            fused = np.array(fused)
         if not np.isfinite(fused).any():  # a lexicon left no complete word: fall back to CTC ranking
             fused = ctc
         out = []

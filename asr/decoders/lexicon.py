@@ -36,18 +36,24 @@ def spell(word: str, symbols: list[str], skip: set[int]) -> list[int] | None:
 
 
 class WordTrie:
-    """Prefix trie of words spelled in tokens: ``next (N+1, V)`` int32, ``final (N+1,)`` bool.
+    """Prefix trie of words spelled in tokens: ``next (N+1, V)`` int64, ``final (N+1,)`` bool.
 
     Node 0 is the root and node N (``outside``) the sink. ``bonus (N+1,)`` holds, for hotword
     tries, the partial credit of each prefix (its depth over the length of the word it leads to).
+    ``words[word_of[node]]`` is the word ending at a final node (``word_of`` is -1 elsewhere), and
+    ``origin[node]`` the index of the first word through the node (-1 for root and sink): with
+    words ``a + b``, node ``n`` is a prefix of a word of ``a`` iff ``origin[n] < len(a)``.
     """
 
     def __init__(self, words: list[str], symbols: list[str], skip: set[int], weights: dict[str, float] | None = None):
         children: list[dict[int, int]] = [{}]
         final = [False]
         bonus = [0.0]
+        word_of = [-1]
+        origin = [-1]
+        self.words = list(words)
         self.missing: list[str] = []
-        for w in words:
+        for wi, w in enumerate(self.words):
             ids = spell(w, symbols, skip)
             if not ids:
                 self.missing.append(w)
@@ -61,10 +67,13 @@ class WordTrie:
                     children.append({})
                     final.append(False)
                     bonus.append(0.0)
+                    word_of.append(-1)
+                    origin.append(wi)
                 node = nxt
                 if weights:
                     bonus[node] = max(bonus[node], weights[w] * depth / len(ids))
             final[node] = True
+            word_of[node] = wi
         n = len(children)
         self.outside = n
         self.next = np.full((n + 1, len(symbols)), n, dtype=np.int64)
@@ -73,7 +82,20 @@ class WordTrie:
                 self.next[node, t] = c
         self.final = np.array(final + [False])
         self.bonus = np.array(bonus + [0.0])
+        self.word_of = np.array(word_of + [-1], dtype=np.int64)
+        self.origin = np.array(origin + [-1], dtype=np.int64)
         self.size = n
+
+
+def prefix_free(symbols: list[str], skip: set[int]) -> bool:
+    """Whether no spelling symbol is empty or a prefix of another, so a token sequence has one spelling.
+
+    Then a word's tokens are exactly what ``spell`` returns, and a trie node names one string.
+    """
+    syms = sorted(s for i, s in enumerate(symbols) if i not in skip)
+    if not syms or not syms[0]:
+        return False
+    return all(not b.startswith(a) for a, b in zip(syms, syms[1:], strict=False))
 
 
 def read_word_list(path: str | os.PathLike) -> list[str]:
