@@ -315,3 +315,40 @@ def test_confs_load():
     root = Path(__file__).resolve().parents[1] / "conf"
     assert load(DecodeConfig, root / "decode_beam.yaml").decoder == "beam"
     assert load(DecodeConfig, root / "decode_greedy.yaml", ["beam=4"]).decoder == "greedy"
+
+
+def test_prefix_free_symbols_and_trie_words():
+    from asr.decoders.lexicon import WordTrie, prefix_free
+
+    assert prefix_free(SYMS, {0, 2})
+    assert not prefix_free(SYMS + ["AB"], {0, 2})  # "A" + "B" and "AB" spell the same string
+    assert not prefix_free(SYMS + [""], {0, 2})
+    trie = WordTrie(["AB", "B", "ZZ"], SYMS, {0, 2})
+    finals = np.flatnonzero(trie.final)
+    assert sorted(trie.words[trie.word_of[n]] for n in finals) == ["AB", "B"] and trie.missing == ["ZZ"]
+    assert (trie.word_of[~trie.final] == -1).all()
+
+
+@pytest.mark.parametrize("lexicon", [False, True])
+def test_word_classes_score_like_word_strings(arpa, tmp_path, lexicon):
+    # Completions keyed by trie node, with all non-words sharing one class, must give exactly what
+    # spelling out every word gives; "<unk>" is a token here, so the LM's own "<unk>" is a word too.
+    lex = tmp_path / "lex.txt"
+    lex.write_text("A\nAB\nBA\n<unk>\n")
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 40, 5, generator=g, dtype=torch.float64) * 2
+    logits[..., 1:3] += 1.5  # short words, some of them "<unk>"
+    lp = torch.log_softmax(logits, -1)
+    lens = torch.tensor([40, 31, 17])
+    cfg = DecodeConfig(beam=16, nbest=8, alpha=0.8, beta=0.4, unk_penalty=-3.0, lexicon=str(lex) if lexicon else None)
+    fast = BeamSearchDecoder(SYMS, cfg, lm=ArpaLM(arpa))
+    slow = BeamSearchDecoder(SYMS, cfg, lm=ArpaLM(arpa))
+    assert fast.by_class
+    slow.by_class = False  # the word-string path
+    a, b = fast.decode(lp, lens), slow.decode(lp, lens)
+    assert [[(h.tokens, h.score, h.timesteps) for h in hs] for hs in a] == [
+        [(h.tokens, h.score, h.timesteps) for h in hs] for hs in b
+    ]
+    words = {w for hs in a for h in hs for w in h.words}
+    assert "<unk>" in words and (lexicon or "<unk>" in fast.trie.words)
+    assert lexicon or words - fast.lm.vocab - {"<unk>"}  # out-of-vocabulary words were scored too
