@@ -31,7 +31,6 @@ COMMAND_MODULES = [
     "asr.transcribe",
     "asr.export",
     "asr.download",
-    "asr.synth",
 ]
 
 

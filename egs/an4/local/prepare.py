@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""CMU AN4 -> ``OUT/{train,dev,test}``, from Sphinx MFCC features or from the sphere audio.
+
+- ``CORPUS/feat/{an4_clstk,an4test_clstk}/<spk>/<id>.mfc`` (the features-only copy): each file is
+  a big-endian int32 count of floats, then that many big-endian float32 values, 13 per frame.
+  They become ``feats.ark/scp`` (kaldiio) + ``utt2num_frames`` + a ``feats.yaml`` saying
+  ``kind: precomputed`` with deltas, per-speaker CMVN and 3-frame stacking applied at load time,
+  as Kaldi/EESEN do.
+  No ``wav.scp``.
+- ``CORPUS/wav/{an4_clstk,an4test_clstk}/<spk>/<id>.sph`` (the official sphere tarball):
+  a normal ``wav.scp``; features are computed by ``asr make-feats``.
+
+Utterance ids are ``<spk>-<id>`` so they sort by speaker. ``--dev-every`` holds out every n-th
+training speaker as dev (AN4 has no dev set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+
+from asr.atomic import atomic_path
+from asr.config import dump
+from asr.datadir import write_data_dir
+from asr.errors import AsrError
+from asr.features import FeatureConfig
+
+SETS = {"train": ("an4_clstk", "an4_train"), "test": ("an4test_clstk", "an4_test")}
+TRANS = re.compile(r"^(?:<s>\s*)?(.*?)\s*(?:</s>\s*)?\((\S+)\)\s*$")
+
+
+def read_mfc(path: Path) -> np.ndarray:
+    """A Sphinx ``.mfc`` file -> ``(N, 13)`` float32."""
+    raw = path.read_bytes()
+    if len(raw) < 4:
+        raise AsrError(f"{path}: truncated (no header)")
+    count = int(np.frombuffer(raw[:4], dtype=">i4")[0])
+    if count % 13 or 4 + 4 * count != len(raw):
+        raise AsrError(f"{path}: header says {count} floats, file holds {(len(raw) - 4) // 4}")
+    return np.frombuffer(raw[4:], dtype=">f4").astype(np.float32).reshape(-1, 13)
+
+
+def read_set(corpus: Path, name: str) -> tuple[dict[str, str], dict[str, str], dict[str, Path]]:
+    """``(text, utt2spk, utt -> file stem path)`` of one set from ``etc/`` (fileids + transcription)."""
+    subdir, prefix = SETS[name]
+    etc = corpus / "etc"
+    fileids = (etc / f"{prefix}.fileids").read_text().split()
+    text: dict[str, str] = {}
+    for n, line in enumerate((etc / f"{prefix}.transcription").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        m = TRANS.match(line.strip())
+        if not m:
+            raise AsrError(f"{etc}/{prefix}.transcription:{n}: expected 'WORDS (id)'")
+        text[m[2]] = m[1]
+    out_text, utt2spk, stems = {}, {}, {}
+    for fid in fileids:
+        parts = fid.split("/")  # an4_clstk/fash/an251-fash-b
+        if len(parts) != 3 or parts[0] != subdir:
+            raise AsrError(f"{etc}/{prefix}.fileids: unexpected entry {fid}")
+        spk, rec = parts[1], parts[2]
+        if rec not in text:
+            raise AsrError(f"{etc}/{prefix}.transcription: no transcript for {rec}")
+        utt = f"{spk}-{rec}"
+        out_text[utt], utt2spk[utt], stems[utt] = text[rec], spk, Path(subdir) / spk / rec
+    return out_text, utt2spk, stems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("corpus", type=Path, help="AN4 root (an4_mfc copy with feat/, or an4 sphere with wav/)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--dev-every", type=int, default=10)
+    args = p.parse_args(argv)
+    corpus = args.corpus.resolve()
+    mfc = (corpus / "feat").is_dir()
+    if not mfc and not (corpus / "wav").is_dir():
+        raise AsrError(f"{corpus}: neither feat/ (Sphinx MFCC) nor wav/ (sphere audio) found")
+    sets = {}
+    for name in SETS:
+        sets[name] = read_set(corpus, name)
+    text, utt2spk, stems = sets.pop("train")
+    speakers = sorted(set(utt2spk.values()))
+    dev_spk = set(speakers[args.dev_every - 1 :: args.dev_every])
+    for name, keep in (("train", lambda s: s not in dev_spk), ("dev", lambda s: s in dev_spk)):
+        sets[name] = tuple({u: v for u, v in t.items() if keep(utt2spk[u])} for t in (text, utt2spk, stems))
+    for name, (text, utt2spk, stems) in sorted(sets.items()):
+        d = args.out / name
+        if mfc:
+            d.mkdir(parents=True, exist_ok=True)
+            frames = {}
+            ark = (d / "feats.ark").resolve()
+            with atomic_path(d / "feats.scp") as scp_tmp, atomic_path(ark) as ark_tmp:
+                with kaldiio.WriteHelper(f"ark,scp:{ark_tmp},{scp_tmp}") as w:
+                    for utt in sorted(stems, key=lambda u: u.encode()):
+                        feats = read_mfc(corpus / "feat" / stems[utt].with_suffix(".mfc"))
+                        w(utt, feats)
+                        frames[utt] = len(feats)
+            # kaldiio wrote the temp ark's name into the scp: point it at the final file.
+            scp = (d / "feats.scp").read_text().replace(str(ark_tmp), str(ark))
+            feats_scp = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in scp.splitlines()}
+            write_data_dir(d, text=text, utt2spk=utt2spk, feats_scp=feats_scp, utt2num_frames=frames)
+            # Sphinx cepstra: deltas + delta-deltas and per-speaker CMVN at load time, like Kaldi/EESEN.
+            # 3 frames stacked, every 3rd kept (EESEN): 117 dims at 30 ms per BiLSTM step.
+            dump(FeatureConfig(kind="precomputed", sample_rate=16000, num_ceps=13, cmvn="speaker",
+                               delta_order=2, stack=3, subsample=3), d / "feats.yaml")
+        else:
+            wav = {u: str(corpus / "wav" / s.with_suffix(".sph")) for u, s in stems.items()}
+            write_data_dir(d, wav_scp=wav, text=text, utt2spk=utt2spk)
+        print(f"{d}: {len(utt2spk)} utterances, {len(set(utt2spk.values()))} speakers"
+              + (" (Sphinx MFCC features)" if mfc else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except AsrError as e:
+        sys.exit(f"prepare.py: error: {e}")

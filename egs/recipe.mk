@@ -1,0 +1,214 @@
+# Shared stage rules for every recipe: egs/<corpus>/Makefile sets its variables, then
+# `include ../recipe.mk`.
+#
+#   stage  1 download   corpus (or CORPUS_DIR=existing copy)
+#          2 data       local/prepare.py CORPUS_DIR -> data/<set>/ (Kaldi data dirs)
+#          3 feats      asr make-feats + compute-cmvn      -> data/<set>/feats.scp, cmvn_global.ark
+#          4 tokens     asr make-tokens                    -> data/lang/tokens.txt
+#          5 lm         asr build-lm (train transcripts)   -> data/lm/lm.arpa      (LM_ORDER= to skip)
+#          6 train      asr train                          -> exp/$(TAG)/final.pt
+#          7 decode     asr decode per set and decoder     -> exp/$(TAG)/decode_<set>_<decoder>/text
+#          8 score      asr score                          -> .../wer, errs.txt, per_spk, scores.json
+#          9 results    asr results                        -> RESULTS.md (+ command, seed, wall times)
+#         10 report     asr report                         -> exp/$(TAG)/report.html
+#
+# `make` runs all; `make decode` runs what decode needs; `make STAGE=3 STOP_STAGE=5` runs a numbered
+# slice (stages outside it are skipped, their outputs assumed). A stage is skipped when its outputs
+# exist and its stamp exp/.done/N-name.done holds the hash of its settings, config files and the
+# stamps of the stages it reads (so a rerun stage makes its readers stale); `FORCE=1` (or
+# `FORCE="train decode"`) reruns. Nothing here deletes finished work: every tool writes
+# atomically over its own outputs. Each stage logs
+# `<time> stage N name: inputs -> outputs` to the terminal and exp/log/stageN-name.log.
+
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+.ONESHELL:
+
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
+# The recipe's own dir (local/, conf/); the working dir (data/, exp/) may be elsewhere:
+# `make -C /tmp/run -f $PWD/egs/demo/Makefile` runs the demo without writing into the repo.
+RECIPE := $(abspath $(dir $(firstword $(MAKEFILE_LIST))))
+# `make demo` at the top level puts .venv/bin first on PATH; a bare `make -C egs/x` finds it too.
+ifeq ($(shell command -v asr 2>/dev/null),)
+ifneq ($(wildcard $(ROOT)/.venv/bin/asr),)
+export PATH := $(ROOT)/.venv/bin:$(PATH)
+endif
+endif
+ASR ?= asr
+# Local scripts (prepare.py, synth.py) need the interpreter that has the asr package.
+ASR_PATH := $(or $(shell PATH='$(PATH)' command -v $(ASR) 2>/dev/null),$(ASR))
+PYTHON ?= $(or $(wildcard $(dir $(ASR_PATH))python),python3)
+export OMP_NUM_THREADS ?= 1
+export PYTHONUNBUFFERED := 1
+
+# ---- knobs (recipes set these before the include; all overridable on the command line) ----
+NJ ?= 2
+SEED ?= 1
+CORPUS_DIR ?= corpus
+CORPUS_CHECK ?= .
+TRAIN_SET ?= train
+DEV_SET ?= dev
+TEST_SETS ?= test
+DECODE_SETS ?= $(TEST_SETS)
+UNIT ?= char
+LEXICON ?=
+CONF ?= $(ROOT)/conf
+FEATS_CONF ?= $(CONF)/fbank.yaml
+TRAIN_CONF ?= $(CONF)/blstm.yaml
+DECODE_CONF ?= $(CONF)/decode_beam.yaml
+LM_ORDER ?= 3
+DECODERS ?= greedy beam
+TAG ?= $(UNIT)_$(basename $(notdir $(TRAIN_CONF)))
+PREPARE ?= $(PYTHON) $(RECIPE)/local/prepare.py $(CORPUS_DIR) data $(PREPARE_OPTS)
+SCORE_OPTS ?=
+CMVN_OPTS ?=
+VALIDATE_OPTS ?=
+FEATS_OPTS ?=
+TRAIN_OPTS ?=
+DECODE_OPTS ?=
+# Recipes define `download_cmd` (shell) to fetch CORPUS_DIR; none means the corpus must exist.
+DOWNLOAD_FROM ?= official source
+download_cmd ?= echo "no download for this recipe: set CORPUS_DIR to an existing copy" >&2; exit 1
+
+# A recipe run in several ways (fsdd's two splits, speechocean762's char and phone units) names
+# each way with VARIANT, which keeps its stamps, logs and RESULTS.md notes apart.
+VARIANT ?=
+SFX := $(if $(VARIANT),.$(VARIANT))
+# Scored against data/<set>$(SCORE_REF_SUFFIX)/text (a phone recipe's <set>_phone: %WER = %PER).
+SCORE_REF_SUFFIX ?=
+STAGE ?= 1
+STOP_STAGE ?= 100
+STAMPS := exp/.done
+LOGS := exp/log
+EXP := exp/$(TAG)
+SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
+LM := $(if $(LM_ORDER),data/lm/lm.arpa)
+# A config file that does not exist yet means the tool's built-in defaults.
+conf_opt = $(if $(wildcard $(1)),--conf $(1))
+# A CORPUS_DIR given on the command line (or environment) is someone's copy: never write into it.
+CORPUS_GIVEN := $(filter command environment,$(firstword $(origin CORPUS_DIR)))
+
+# $(call stage,N,name,inputs,outputs,settings,stamps and files whose contents count):
+# opens a stage; `exit 0` skips the rest of the (one-shell) recipe when it is up to date.
+define stage
+n=$(1); name=$(2); stamp=$(STAMPS)/$(1)-$(2)$(SFX).done; log=$(LOGS)/stage$(1)-$(2)$(SFX).log
+if [ $(1) -lt $(STAGE) ] || [ $(1) -gt $(STOP_STAGE) ]; then
+  echo "$$(date '+%F %T') stage $(1) $(2): outside STAGE=$(STAGE)..STOP_STAGE=$(STOP_STAGE), skipped"; exit 0; fi
+hash=$$( { printf '%s\n' $(call q,$(5)); cat $(patsubst %,$(STAMPS)/%$(SFX).done,$(6)) $(7) 2>/dev/null || true; } | sha256sum | cut -c1-32)
+force=; case " $(FORCE) " in *" 1 "*|*" all "*|*" $(2) "*) force=1;; esac
+missing=; for f in $(4); do [ -e "$$f" ] || missing="$$f"; done
+if [ -z "$$force" ] && [ -z "$$missing" ] && [ -f $$stamp ] && [ "$$(cut -d' ' -f1 $$stamp)" = "$$hash" ]; then
+  echo "$$(date '+%F %T') stage $(1) $(2): up to date, skipped"; exit 0; fi
+mkdir -p $(STAMPS) $(LOGS)
+exec > >(tee -a $$log) 2>&1
+echo "$$(date '+%F %T') stage $(1) $(2): $(3) -> $(4)"
+start=$$SECONDS
+endef
+# Closes a stage: the stamp is written only after every command succeeded. It holds the input
+# hash and a run id: stages that read this one hash its whole stamp, so any rerun (FORCE too)
+# makes them stale.
+define stage_done
+echo "$$hash $$(date +%s%N)" > $$stamp.tmp && mv $$stamp.tmp $$stamp
+echo "$$(date '+%F %T') stage $$n $$name: done in $$((SECONDS - start))s"
+endef
+q = '$(subst ','\'',$(1))'
+
+.PHONY: all download data feats tokens lm train decode score results report
+.DEFAULT_GOAL := all
+all: results report
+
+download:
+	@$(call stage,1,download,$(if $(CORPUS_GIVEN),$(CORPUS_DIR),$(DOWNLOAD_FROM)),$(CORPUS_DIR),$(CORPUS_DIR) $(download_cmd))
+	have=1; for c in $(CORPUS_CHECK); do [ -e $(CORPUS_DIR)/$$c ] || have=; done
+	if [ -n "$$have" ] && { [ -n "$(CORPUS_GIVEN)" ] || [ -z "$$force" ]; }; then
+	  echo "using existing corpus $(CORPUS_DIR)"
+	elif [ -n "$(CORPUS_GIVEN)" ]; then
+	  echo "CORPUS_DIR=$(CORPUS_DIR): $(CORPUS_CHECK) not found there" >&2; exit 1
+	else
+	  $(download_cmd)
+	fi
+	$(stage_done)
+
+data: download
+	@$(call stage,2,data,$(CORPUS_DIR),$(SETS:%=data/%/text),$(PREPARE),1-download)
+	$(PREPARE)
+	for s in $(SETS); do $(ASR) validate-data-dir data/$$s $(VALIDATE_OPTS); done
+	$(stage_done)
+
+feats: data
+	@$(call stage,3,feats,$(SETS:%=data/%),$(SETS:%=data/%/feats.scp) data/$(TRAIN_SET)/cmvn_global.ark,$(FEATS_OPTS) $(FEATS_CMD),2-data,$(wildcard $(FEATS_CONF)))
+	$(if $(FEATS_CMD),$(FEATS_CMD),for s in $(SETS); do $(ASR) make-feats data/$$s $(call conf_opt,$(FEATS_CONF)) $(FEATS_OPTS) --nj $(NJ); done)
+	for s in $(SETS); do $(ASR) compute-cmvn data/$$s $(CMVN_OPTS); done
+	$(stage_done)
+
+tokens: data
+	@$(call stage,4,tokens,data/$(TRAIN_SET)/text,data/lang/tokens.txt,$(UNIT) $(LEXICON),2-data,$(LEXICON))
+	$(ASR) make-tokens data/$(TRAIN_SET)/text data/lang --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON))
+	$(stage_done)
+
+lm: data
+	@$(call stage,5,lm,data/$(TRAIN_SET)/text,$(LM),$(LM_ORDER),2-data)
+	$(if $(LM),$(ASR) build-lm data/$(TRAIN_SET)/text --order $(LM_ORDER) -o $(LM))
+	$(stage_done)
+
+train: feats tokens
+	@$(call stage,6,train,data/$(TRAIN_SET) data/$(DEV_SET) data/lang,$(EXP)/final.pt,$(TAG) $(SEED) $(TRAIN_OPTS),3-feats 4-tokens,$(wildcard $(TRAIN_CONF)))
+	$(ASR) train data/$(TRAIN_SET) data/$(DEV_SET) data/lang $(EXP) $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
+	$(stage_done)
+
+decode_dirs := $(foreach s,$(DECODE_SETS),$(foreach d,$(DECODERS),$(EXP)/decode_$(s)_$(d)))
+decode: $(if $(LM),lm) train
+	@$(call stage,7,decode,$(EXP) $(DECODE_SETS:%=data/%) $(LM),$(decode_dirs:%=%/text),$(DECODERS) $(DECODE_SETS) $(DECODE_OPTS),3-feats 5-lm 6-train,$(wildcard $(DECODE_CONF)))
+	for s in $(DECODE_SETS); do
+	  for d in $(DECODERS); do
+	    if [ $$d = greedy ]; then opts=""; else opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM))"; fi
+	    $(ASR) decode $(EXP) data/$$s --decoder $$d $$opts $(DECODE_OPTS) --nj $(NJ)
+	  done
+	done
+	$(stage_done)
+
+score: decode
+	@$(call stage,8,score,$(decode_dirs:%=%/text),$(decode_dirs:%=%/wer),$(SCORE_OPTS),7-decode 2-data)
+	for s in $(DECODE_SETS); do
+	  for d in $(DECODERS); do
+	    $(ASR) score data/$${s}$(SCORE_REF_SUFFIX)/text $(EXP)/decode_$${s}_$$d/text --utt2spk data/$$s/utt2spk $(SCORE_OPTS) -o $(EXP)/decode_$${s}_$$d
+	  done
+	done
+	$(stage_done)
+
+results: score
+	@$(call stage,9,results,$(decode_dirs:%=%/wer),RESULTS.md,$(TAG),8-score)
+	$(ASR) results . -o RESULTS.md
+	$(run_info) > $(LOGS)/run_info.md
+	$(PYTHON) - RESULTS.md $(LOGS)/run_info.md <<'EOF'
+	import sys; from pathlib import Path
+	out, info = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+	b, e = "<!-- recipe run begin$(SFX) -->", "<!-- recipe run end$(SFX) -->"
+	old = out.read_text()
+	new = old.split(b)[0] + b + "\n" + info + e + old.split(e, 1)[1] if b in old else old.rstrip("\n") + "\n\n" + b + "\n" + info + e + "\n"
+	out.write_text(new)
+	EOF
+	cat RESULTS.md
+	$(stage_done)
+
+report: score
+	@$(call stage,10,report,$(EXP),$(EXP)/report.html,$(TAG),8-score 6-train)
+	$(ASR) report $(EXP)
+	$(stage_done)
+
+# The command, seed, settings and stage wall times behind RESULTS.md (this machine's clock).
+define run_info
+{ echo "## How these numbers were made"; echo
+  echo "- command: \`$(strip make -C egs/$(notdir $(RECIPE)) $(filter-out PATH=% STAGE=% STOP_STAGE=% FORCE=%,$(MAKEOVERRIDES)))\`"
+  echo "- variant: $(or $(VARIANT),default); seed: $(SEED); unit: $(UNIT); model dir: \`$(EXP)\`; decoders: $(DECODERS); LM order: $(or $(LM_ORDER),none)"
+  echo "- configs: feats \`$(notdir $(or $(wildcard $(FEATS_CONF)),built-in))\`, train \`$(notdir $(or $(wildcard $(TRAIN_CONF)),built-in))\` $(TRAIN_OPTS), decode \`$(notdir $(or $(wildcard $(DECODE_CONF)),built-in))\`"
+  echo "- machine: $$(nproc --all) CPU cores, $$(date '+%F'); code: $$(git -C $(ROOT) rev-parse --short HEAD 2>/dev/null || echo 'uncommitted')"
+  echo; echo "| stage | wall time (s) |"; echo "|---|---:|"; total=0
+  for s in 1-download 2-data 3-feats 4-tokens 5-lm 6-train 7-decode 8-score; do
+    f=$(LOGS)/stage$$s$(SFX).log; [ -f $$f ] || continue
+    t=$$(grep -o 'done in [0-9]*s' $$f | tail -1 | grep -o '[0-9]*' || true)
+    [ -n "$$t" ] && echo "| $$s | $$t |" && total=$$((total + t))
+  done; echo "| total | $$total |"; echo
+  echo "Wall times are from the last run of each stage on this machine; on a shared 2-core machine"
+  echo "they vary with the load (load average now: $$(cut -d' ' -f1-3 /proc/loadavg))."; echo; }
+endef
