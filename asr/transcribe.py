@@ -58,7 +58,7 @@ class Transcript:
 class Transcriber:
     """Load a model dir once; transcribe many files.
 
-    ``engine`` is ``eager`` (the checkpoint) or the path of a TorchScript file from ``asr export``.
+    ``engine`` is ``eager`` (the checkpoint) or a TorchScript (.ts) or ONNX (.onnx) file from ``asr export``.
     """
 
     def __init__(
@@ -70,6 +70,7 @@ class Transcriber:
         chunk_seconds: float = 30.0,
         context_seconds: float = 5.0,
         word_gap: float = 0.4,
+        segment_seconds: float = 120.0,
         engine: str = "eager",
         progress: bool | None = None,
     ):
@@ -92,6 +93,7 @@ class Transcriber:
         self.context = max(1, round(context_seconds * self.rate / self.hop)) * self.hop
         self.progress = progress
         self.word_gap = word_gap
+        self.segment_frames = max(1, round(segment_seconds * self.rate / self.hop))
         self.scripted = self.onnx = None
         if engine.endswith(".onnx"):
             try:
@@ -119,14 +121,15 @@ class Transcriber:
         lp, lens = self.md.log_probs([feats])
         return lp[0, : int(lens[0])]
 
-    def posteriors(self, audio: AudioSource) -> torch.Tensor:
-        """Stitched log-probs ``(N, V)`` of a whole recording, computed chunk by chunk."""
+    def iter_posteriors(self, audio: AudioSource) -> Iterator[torch.Tensor]:
+        """Log-probs of a whole recording, one piece ``(n_k, V)`` per chunk; the pieces concatenate."""
         total = audio.num_samples
         if total < self.cfg.window_samples:
             raise AsrError(f"{audio.name}: {total} samples, shorter than one analysis window")
         if total <= self.chunk + self.context:
-            return self._log_probs(audio.read(0, total))
-        pieces, start = [], 0
+            yield self._log_probs(audio.read(0, total))
+            return
+        start = 0
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         with tqdm(total=total / self.rate, unit="s", disable=not show, desc=audio.name, leave=False) as bar:
             while start < total:
@@ -135,10 +138,13 @@ class Transcriber:
                 lp = self._log_probs(audio.read(a, b))
                 first = (start - a) // self.hop
                 n = (end - start) // self.hop if end < total else lp.shape[0] - first
-                pieces.append(lp[first : first + n])
+                yield lp[first : first + n]
                 bar.update((end - start) / self.rate)
                 start = end
-        return torch.cat(pieces)
+
+    def posteriors(self, audio: AudioSource) -> torch.Tensor:
+        """Stitched log-probs ``(N, V)`` of a whole recording, computed chunk by chunk."""
+        return torch.cat(list(self.iter_posteriors(audio)))
 
     def _border(self, audio: AudioSource, nominal: int) -> int:
         """The quietest hop boundary within one second of ``nominal`` (a multiple of ``hop``)."""
@@ -153,17 +159,36 @@ class Transcriber:
 
     # ------------------------------------------------------------------ public API
     def transcribe(self, audio: AudioSource) -> Transcript:
-        """One recording -> its transcript with word times and confidences."""
-        lp = self.posteriors(audio)
-        hyp: Hypothesis = self.decoder.decode(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0][0]
-        words = self._words(hyp, lp)
+        """One recording -> its transcript with word times and confidences.
+
+        Posteriors are decoded in segments of at least ``segment_frames`` that end where a chunk
+        ends on a blank frame (a pause): decoding then never holds more than a few minutes of
+        posteriors, so memory stays flat however long the recording is, and cutting at a blank
+        changes no collapse of repeated tokens.
+        """
+        words: list[Word] = []
+        buf: list[torch.Tensor] = []
+        offset = buffered = 0
+        for piece in self.iter_posteriors(audio):
+            buf.append(piece)
+            buffered += piece.shape[0]
+            if buffered >= self.segment_frames and int(piece[-1].argmax()) == 0:
+                words += self._decode_segment(torch.cat(buf), offset)
+                offset += buffered
+                buf, buffered = [], 0
+        if buf:
+            words += self._decode_segment(torch.cat(buf), offset)
         duration = audio.num_samples / self.rate
         return Transcript(audio.name, " ".join(w.word for w in words), duration, words)
+
+    def _decode_segment(self, lp: torch.Tensor, offset: int) -> list[Word]:
+        hyp: Hypothesis = self.decoder.decode(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0][0]
+        return self._words(hyp, lp, offset)
 
     def transcribe_file(self, path: str | os.PathLike) -> Transcript:
         return self.transcribe(AudioSource.open(str(path), self.rate))
 
-    def _words(self, hyp: Hypothesis, lp: torch.Tensor) -> list[Word]:
+    def _words(self, hyp: Hypothesis, lp: torch.Tensor, offset: int = 0) -> list[Word]:
         """Words with times; a pause longer than ``word_gap`` also ends a word.
 
         Char models are trained on utterances that neither start nor end with a word boundary, so in
@@ -177,14 +202,14 @@ class Transcriber:
         words, cur, conf = [], [], []
         probs = lp.exp()
         for tok, t in zip(hyp.tokens, hyp.timesteps, strict=True):
-            if symbols[tok] == boundary or (cur and t - cur[-1][1] > max_gap):
+            if symbols[tok] == boundary or (cur and t + offset - cur[-1][1] > max_gap):
                 if cur:
                     words.append(_word(cur, conf, symbols, frame_s))
                 cur, conf = [], []
                 if symbols[tok] == boundary:
                     continue
-            cur.append((tok, t))
             conf.append(float(probs[min(t, probs.shape[0] - 1), tok]))
+            cur.append((tok, t + offset))
         if cur:
             words.append(_word(cur, conf, symbols, frame_s))
         return words
