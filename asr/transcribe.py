@@ -94,6 +94,8 @@ class Transcriber:
         self.progress = progress
         self.word_gap = word_gap
         self.segment_frames = max(1, round(segment_seconds * self.rate / self.hop))
+        # chunk + context on both sides + the one second either way that _border may move the end
+        self.window = self.chunk + 2 * self.context + 2 * (self.rate // self.hop) * self.hop
         self.scripted = self.onnx = None
         if engine.endswith(".onnx"):
             try:
@@ -134,7 +136,10 @@ class Transcriber:
         with tqdm(total=total / self.rate, unit="s", disable=not show, desc=audio.name, leave=False) as bar:
             while start < total:
                 end = self._border(audio, start + self.chunk) if start + self.chunk + self.context < total else total
-                a, b = max(0, start - self.context), min(total, end + self.context)
+                # Every window has the same length (but the last): the BiLSTM kernels cache a plan
+                # per input shape, so varying lengths would make memory creep up with duration.
+                a = max(0, start - self.context)
+                b = min(total, a + self.window)
                 lp = self._log_probs(audio.read(a, b))
                 first = (start - a) // self.hop
                 n = (end - start) // self.hop if end < total else lp.shape[0] - first
@@ -172,7 +177,9 @@ class Transcriber:
         for piece in self.iter_posteriors(audio):
             buf.append(piece)
             buffered += piece.shape[0]
-            if buffered >= self.segment_frames and int(piece[-1].argmax()) == 0:
+            at_pause = int(piece[-1].argmax()) == 0
+            # Without any pause (a model that never emits blank there), cut anyway to bound memory.
+            if (buffered >= self.segment_frames and at_pause) or buffered >= 4 * self.segment_frames:
                 words += self._decode_segment(torch.cat(buf), offset)
                 offset += buffered
                 buf, buffered = [], 0

@@ -94,7 +94,7 @@ def test_long_file_in_chunks_equals_per_utterance_results(transcriber, yesno_fil
     tr = transcriber.transcribe(source)
     assert tr.text == " ".join(alone[f] for f in expected)
     # memory stays bounded: no read is longer than one chunk plus its context
-    assert max(reads) <= transcriber.chunk + 2 * transcriber.context + 2 * transcriber.rate
+    assert max(reads) <= transcriber.window
     assert len(reads) > 20
     assert all(w.end <= tr.duration for w in tr.words)
 
