@@ -108,7 +108,22 @@ def read_arpa(path: str | os.PathLike, max_order: int | None = None) -> tuple[in
     return order, table
 
 
-class ArpaLM:
+class _SentenceScoring:
+    """What both LM back ends derive from ``begin``/``score``: end of sentence and whole sentences."""
+
+    def end(self, state: tuple) -> float:
+        return self.score(state, EOS)[0]
+
+    def sentence_logp(self, words: list[str], eos: bool = True) -> float:
+        """Natural-log probability of a word sequence (starting after ``<s>``)."""
+        state, total = self.begin(), 0.0
+        for w in words:
+            lp, state = self.score(state, w)
+            total += lp
+        return total + (self.end(state) if eos else 0.0)
+
+
+class ArpaLM(_SentenceScoring):
     """Backoff n-gram LM read from an ARPA file; scores with standard Katz-style backoff."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -159,19 +174,9 @@ class ArpaLM:
         self._cache[key] = out
         return out
 
-    def end(self, state: tuple) -> float:
-        return self.score(state, EOS)[0]
-
-    def sentence_logp(self, words: list[str], eos: bool = True) -> float:
-        """Natural-log probability of a word sequence (starting after ``<s>``)."""
-        state, total = self.begin(), 0.0
-        for w in words:
-            lp, state = self.score(state, w)
-            total += lp
-        return total + (self.end(state) if eos else 0.0)
 
 
-class KenLM:
+class KenLM(_SentenceScoring):
     """KenLM's Python module behind the ArpaLM interface (same numbers, much faster loading)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -221,15 +226,6 @@ class KenLM:
         self._cache[key] = out
         return out
 
-    def end(self, state: tuple) -> float:
-        return self.score(state, EOS)[0]
-
-    def sentence_logp(self, words: list[str], eos: bool = True) -> float:
-        state, total = self.begin(), 0.0
-        for w in words:
-            lp, state = self.score(state, w)
-            total += lp
-        return total + (self.end(state) if eos else 0.0)
 
 
 def _looks_like_arpa(path: Path) -> bool:
