@@ -59,6 +59,8 @@ DECODE_CONF ?= $(CONF)/decode_beam.yaml
 LM_ORDER ?= 3
 DECODERS ?= greedy beam
 TAG ?= $(UNIT)_$(basename $(notdir $(TRAIN_CONF)))
+# One token table per unit: char and phone runs of a recipe must not overwrite each other's.
+LANG_DIR ?= data/lang$(if $(filter char,$(UNIT)),,_$(UNIT))
 PREPARE ?= $(PYTHON) $(RECIPE)/local/prepare.py $(CORPUS_DIR) data $(PREPARE_OPTS)
 SCORE_OPTS ?=
 CMVN_OPTS ?=
@@ -142,8 +144,8 @@ feats: data
 	$(stage_done)
 
 tokens: data
-	@$(call stage,4,tokens,data/$(TRAIN_SET)/text,data/lang/tokens.txt,$(UNIT) $(LEXICON),2-data,$(LEXICON))
-	$(ASR) make-tokens data/$(TRAIN_SET)/text data/lang --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON))
+	@$(call stage,4,tokens,data/$(TRAIN_SET)/text,$(LANG_DIR)/tokens.txt,$(UNIT) $(LEXICON),2-data,$(LEXICON))
+	$(ASR) make-tokens data/$(TRAIN_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON))
 	$(stage_done)
 
 lm: data
@@ -152,8 +154,8 @@ lm: data
 	$(stage_done)
 
 train: feats tokens
-	@$(call stage,6,train,data/$(TRAIN_SET) data/$(DEV_SET) data/lang,$(EXP)/final.pt,$(TAG) $(SEED) $(TRAIN_OPTS),3-feats 4-tokens,$(wildcard $(TRAIN_CONF)))
-	$(ASR) train data/$(TRAIN_SET) data/$(DEV_SET) data/lang $(EXP) $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
+	@$(call stage,6,train,data/$(TRAIN_SET) data/$(DEV_SET) $(LANG_DIR),$(EXP)/final.pt,$(TAG) $(SEED) $(TRAIN_OPTS),3-feats 4-tokens,$(wildcard $(TRAIN_CONF)))
+	$(ASR) train data/$(TRAIN_SET) data/$(DEV_SET) $(LANG_DIR) $(EXP) $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
 	$(stage_done)
 
 decode_dirs := $(foreach s,$(DECODE_SETS),$(foreach d,$(DECODERS),$(EXP)/decode_$(s)_$(d)))
