@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import kaldiio
@@ -27,7 +26,7 @@ import numpy as np
 from asr.atomic import atomic_path
 from asr.config import dump
 from asr.datadir import write_data_dir
-from asr.errors import AsrError
+from asr.errors import AsrError, run_script
 from asr.features import FeatureConfig
 
 SETS = {"train": ("an4_clstk", "an4_train"), "test": ("an4test_clstk", "an4_test")}
@@ -118,7 +117,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AsrError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    run_script(main, "prepare.py")

@@ -8,11 +8,10 @@ rules hold. wav.scp paths are absolute, so the data dirs work from any directory
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from asr.datadir import write_data_dir
-from asr.errors import AsrError
+from asr.errors import AsrError, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AsrError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    run_script(main, "prepare.py")

@@ -9,11 +9,10 @@ Each chapter dir holds ``<reader>-<chapter>.trans.txt`` (``utt-id TRANSCRIPT`` l
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from asr.datadir import write_data_dir
-from asr.errors import AsrError
+from asr.errors import AsrError, run_script
 
 
 def prepare_subset(src: Path, dst: Path) -> int:
@@ -53,7 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AsrError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    run_script(main, "prepare.py")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from asr.atomic import write_text
 from asr.datadir import read_kv, write_data_dir
-from asr.errors import AsrError
+from asr.errors import AsrError, run_script
 
 
 def read_lexicon(path: Path) -> dict[str, list[list[str]]]:
@@ -80,7 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AsrError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    run_script(main, "prepare.py")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from asr.datadir import write_data_dir
-from asr.errors import AsrError
+from asr.errors import AsrError, run_script
 
 NAME = re.compile(r"^[01](_[01]){7}\.wav$")
 
@@ -45,7 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AsrError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    run_script(main, "prepare.py")
