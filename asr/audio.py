@@ -1,16 +1,20 @@
 """The one place that reads audio.
 
 ``wav.scp`` values are a file path or a Kaldi extended filename ``cmd args |`` whose stdout is an
-audio file; ``segments`` cut recordings into utterances. soundfile (libsndfile) decodes wav, flac,
-ogg and mp3; stereo is averaged to mono; any rate is resampled to the requested one.
+audio file; ``segments`` cut recordings into utterances; :class:`AudioStream` reads spans of a long
+file without holding it all, and :class:`AudioSource` is what ``asr transcribe`` reads from.
+soundfile (libsndfile) decodes wav, flac, ogg and mp3; stereo is averaged to mono; any rate is
+resampled to the requested one.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import BinaryIO
@@ -25,6 +29,9 @@ from asr.errors import AsrError
 
 log = logging.getLogger(__name__)
 PIPE_TIMEOUT_S = 600
+# torchaudio's sinc resampler reaches 6 / 0.99 input periods of the lower rate either side of a
+# sample; a span read with this much more around it resamples exactly as the whole file does.
+_RESAMPLE_REACH = 8
 
 
 def _decode(source: str | os.PathLike | BinaryIO, name: str) -> tuple[np.ndarray, int]:
@@ -166,3 +173,81 @@ def iter_utterances(data: DataDir, sample_rate: int,
         except AsrError as e:
             msg = str(e)
             yield utt, AsrError(msg if msg.startswith(utt) else f"{utt}: {msg}")
+
+
+class AudioStream:
+    """A file read span by span, mono at ``rate``: long recordings without holding all of them.
+
+    ``read(a, b)`` equals ``read_audio(path, rate)[a:b]``: the native span read is widened by the
+    resampler's reach and starts on a sample where the two rates' sample grids meet, so each output
+    sample sees the same input as when the whole file is resampled.
+    """
+
+    def __init__(self, path: str | os.PathLike, rate: int, name: str | None = None):
+        self.path, self.rate, self.name = str(path), rate, name or str(path)
+        if not os.path.isfile(self.path):
+            raise AsrError(f"{self.name}: no such file")
+        if os.path.getsize(self.path) == 0:
+            raise AsrError(f"{self.name}: empty file")
+        try:
+            info = sf.info(self.path)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AsrError(f"{self.name}: cannot decode audio ({str(e).strip().splitlines()[0]})") from None
+        if info.frames <= 0:
+            raise AsrError(f"{self.name}: empty audio (0 samples)")
+        self.native, self.frames = info.samplerate, info.frames
+        g = math.gcd(self.native, rate)
+        # One block is the shortest stretch holding a whole number of samples at both rates.
+        self._block_in, self._block_out = self.native // g, rate // g
+        self.num_samples = -(-self.frames * self._block_out // self._block_in)  # as resample's ceil
+        reach = _RESAMPLE_REACH * self.native // min(self.native, rate) + 1
+        self._pad_blocks = -(-reach // self._block_in) if self.native != rate else 0
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.native
+
+    def read(self, a: int, b: int) -> torch.Tensor:
+        """Samples ``[a, b)`` at ``rate``, mono ``(b - a,)``; zeros past the end of the file."""
+        a, b = max(0, a), max(a, b)
+        first = max(0, a // self._block_out - self._pad_blocks)
+        last = min(-(-self.frames // self._block_in), -(-b // self._block_out) + self._pad_blocks)
+        try:
+            with sf.SoundFile(self.path) as f:
+                f.seek(first * self._block_in)
+                data = f.read(max(0, last - first) * self._block_in, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AsrError(f"{self.name}: cannot decode audio ({str(e).strip().splitlines()[0]})") from None
+        if data.shape[0] == 0:
+            return torch.zeros(b - a)
+        wave = _to_mono_resampled(data, self.native, self.rate, self.name)
+        out = wave[a - first * self._block_out : b - first * self._block_out]
+        return torch.nn.functional.pad(out, (0, (b - a) - out.numel()))
+
+
+class AudioSource:
+    """A recording read piece by piece at ``rate`` (files are streamed; pipes/stdin are held in memory)."""
+
+    def __init__(self, name: str, rate: int, num_samples: int, reader):
+        self.name, self.rate, self.num_samples, self._reader = name, rate, num_samples, reader
+
+    def read(self, a: int, b: int) -> torch.Tensor:
+        """Samples ``[a, b)`` at ``rate``, mono ``(b - a,)``."""
+        return self._reader(max(0, a), min(b, self.num_samples))
+
+    @classmethod
+    def from_tensor(cls, name: str, wave: torch.Tensor, rate: int) -> AudioSource:
+        return cls(name, rate, wave.numel(), lambda a, b: wave[a:b])
+
+    @classmethod
+    def open(cls, path: str, rate: int, name: str | None = None) -> AudioSource:
+        name = name or path
+        if path == "-":
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise AsrError("-: nothing on standard input")
+            return cls.from_tensor("-", read_audio(io.BytesIO(data), rate, name="-"), rate)
+        stream = AudioStream(path, rate, name)
+        if stream.duration < 120:  # short files: one read, no streaming bookkeeping
+            return cls.from_tensor(name, stream.read(0, stream.num_samples), rate)
+        return cls(name, rate, stream.num_samples, stream.read)

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from kaldiio.matio import write_array
 
+from asr.atomic import fsync_dir, fsync_file
 from asr.datadir import DataDir, write_kv
 from asr.errors import AsrError
+from asr.lock import hold
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,8 @@ def utterance_cmvn(feats: torch.Tensor, norm_vars: bool = True) -> torch.Tensor:
 class Cmvn:
     """Global stats and optional per-speaker stats, each ``(2, D+1)`` float64.
 
-    ``stats_for(spk)`` gives the speaker's stats when known, else the global ones (a speaker unseen
-    at training time, e.g. one file at transcription, is normalised with the training statistics).
+    ``stats_for(spk)`` gives the speaker's stats, or the global ones for ``spk=None``; a speaker
+    without stats is an error, never a silent fallback to other statistics.
     ``mean_scale_for`` caches the float32 mean/scale so applying costs one subtract and one multiply.
     """
 
@@ -97,17 +99,29 @@ class Cmvn:
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def load(cls, data_dir: str | os.PathLike) -> Cmvn:
-        """Read ``cmvn_global.ark`` and, when present, ``cmvn.scp`` of a data (or model) dir."""
+    def load(cls, data_dir: str | os.PathLike, per_speaker: bool = False) -> Cmvn:
+        """Read ``cmvn_global.ark`` and, when present, ``cmvn.scp`` of a data (or model) dir.
+
+        ``per_speaker=True`` (a ``cmvn: speaker`` pipeline over a data dir) requires ``cmvn.scp``: falling
+        back to global statistics would silently normalise differently from training.
+        """
         d = Path(data_dir)
         g = d / "cmvn_global.ark"
+        if per_speaker and not (d / "cmvn.scp").is_file():
+            raise AsrError(
+                f"{d}/cmvn.scp: no such file, but features are normalised per speaker (cmvn: speaker); "
+                f"run 'asr compute-cmvn {d} --per-speaker'"
+            )
         if not g.is_file() and not (d / "cmvn.scp").is_file():
             raise AsrError(f"{d}: no cmvn_global.ark or cmvn.scp; run 'asr compute-cmvn {d}'")
         out = cls(global_stats=read_stats(g) if g.is_file() else None)
         if (d / "cmvn.scp").is_file():
-            out.speaker_stats = {
-                k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp_sequential(str(d / "cmvn.scp"))
-            }
+            try:
+                out.speaker_stats = {
+                    k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp_sequential(str(d / "cmvn.scp"))
+                }
+            except (OSError, ValueError) as e:
+                raise AsrError(f"{d}/cmvn.scp: cannot read CMVN stats ({e})") from None
         if out.global_stats is None:
             out.global_stats = sum_stats(list(out.speaker_stats.values()))
         return out
@@ -118,14 +132,19 @@ class Cmvn:
         return stats.shape[1] - 1
 
     def stats_for(self, spk: str | None = None) -> np.ndarray:
-        if spk is not None and spk in self.speaker_stats:
-            return self.speaker_stats[spk]
-        if self.global_stats is None:
-            raise AsrError(f"no CMVN stats for speaker {spk} and no global stats")
-        return self.global_stats
+        """The stats of speaker ``spk``, or the global stats when ``spk`` is None."""
+        if spk is None:
+            if self.global_stats is None:
+                raise AsrError("no global CMVN stats")
+            return self.global_stats
+        if spk not in self.speaker_stats:
+            raise AsrError(
+                f"no CMVN stats for speaker {spk} (cmvn.scp older than utt2spk? rerun 'asr compute-cmvn --per-speaker')"
+            )
+        return self.speaker_stats[spk]
 
     def mean_scale_for(self, spk: str | None, norm_vars: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (spk if spk in self.speaker_stats else None, norm_vars)
+        key = (spk, norm_vars)
         if key not in self._cache:
             self._cache[key] = mean_scale(self.stats_for(spk), norm_vars)
         return self._cache[key]
@@ -165,9 +184,11 @@ def write_stats_ark(ark: str | os.PathLike, stats: dict[str, np.ndarray], scp: s
                 f.write(f"{key} ".encode())
                 offsets[key] = f.tell()
                 write_array(f, np.asarray(stats[key], dtype=np.float64))
+        fsync_file(tmp)
         if scp is not None and Path(scp).exists():
             os.unlink(scp)  # a crash from here on leaves no scp rather than one pointing into a new ark
         os.replace(tmp, ark)
+        fsync_dir(ark.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -199,9 +220,10 @@ def compute_cmvn(data_dir: str | os.PathLike, per_speaker: bool = False) -> Cmvn
         global_stats=sum_stats(list(spk_stats.values())),
         speaker_stats={s: v for s, v in spk_stats.items() if s != "<unknown>"},
     )
-    write_stats_ark(data.path / "cmvn_global.ark", {GLOBAL_KEY: cmvn.global_stats})
-    if per_speaker:
-        write_stats_ark(data.path / "cmvn.ark", cmvn.speaker_stats, scp=data.path / "cmvn.scp")
+    with hold(data.path, "asr compute-cmvn"):  # not while make-feats (or another compute-cmvn) writes here
+        write_stats_ark(data.path / "cmvn_global.ark", {GLOBAL_KEY: cmvn.global_stats})
+        if per_speaker:
+            write_stats_ark(data.path / "cmvn.ark", cmvn.speaker_stats, scp=data.path / "cmvn.scp")
     return cmvn
 
 

@@ -118,10 +118,26 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
-    data = read_yaml(path) if path else {}
-    return from_dict(cls, apply_overrides(data, overrides), str(path) if path else "config")
+def merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, recursively for nested mappings (a later config file refines an earlier one)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(
+    cls: type[T],
+    path: str | os.PathLike | list[str | os.PathLike] | None = None,
+    overrides: list[str] | None = None,
+) -> T:
+    """Load ``cls`` from a YAML file, or several merged left to right (defaults when None), plus overrides."""
+    paths = [p for p in (path if isinstance(path, (list, tuple)) else [path]) if p]
+    data: dict = {}
+    for p in paths:
+        data = merge(data, read_yaml(p))
+    where = "+".join(str(p) for p in paths) or "config"
+    return from_dict(cls, apply_overrides(data, overrides), where)
 
 
 def to_dict(obj: Any) -> dict:

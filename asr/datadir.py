@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asr.atomic import atomic_open
+from asr.atomic import atomic_open, write_text
 from asr.errors import AsrError
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,11 @@ class DataDir:
         return sorted(self.utt2spk, key=_c_key)
 
     @classmethod
-    def load(cls, path: str | Path) -> DataDir:
-        """Load every known file present; raise AsrError for a missing dir or unparseable line."""
+    def load(cls, path: str | Path, read_text: bool = True) -> DataDir:
+        """Load every known file present; raise AsrError for a missing dir or unparseable line.
+
+        ``read_text=False`` leaves ``text`` unread (None): decoding must not depend on the reference.
+        """
         path = Path(path)
         if not path.is_dir():
             raise AsrError(f"{path}: not a directory")
@@ -109,8 +112,8 @@ class DataDir:
         def opt(name: str) -> dict[str, str] | None:
             return read_kv(path / name) if (path / name).is_file() else None
 
-        d = cls(path=path, wav_scp=opt("wav.scp"), text=opt("text"), utt2spk=read_kv(path / "utt2spk"),
-                feats_scp=opt("feats.scp"))
+        d = cls(path=path, wav_scp=opt("wav.scp"), text=opt("text") if read_text else None,
+                utt2spk=read_kv(path / "utt2spk"), feats_scp=opt("feats.scp"))
         d.spk2utt = spk2utt_from_utt2spk(d.utt2spk)
         if (path / "segments").is_file():
             d.segments = _parse_segments(path / "segments")
@@ -344,11 +347,13 @@ def subset_data_dir(src: str | Path, dst: str | Path, utts: list[str] | set[str]
 def combine_data_dirs(dst: str | Path, srcs: list[str | Path]) -> Path:
     """Merge data dirs into ``dst`` (Kaldi's combine_data.sh): ids must be unique across the sources.
 
-    A file is written only when every source has it, so the result stays consistent.
+    A file is written only when every source has it, so the result stays consistent. ``feats.yaml``
+    goes with ``feats.scp``: sources whose features were made with different settings are refused.
     """
     dst = Path(dst)
     if not srcs:
         raise AsrError("combine: no source data dirs")
+    feats_yaml = _common_feats_yaml([Path(s) for s in srcs])
     merged: dict[str, dict[str, str]] = {}
     for name in KNOWN_FILES:
         if name == "spk2utt" or not all((Path(s) / name).is_file() for s in srcs):
@@ -363,10 +368,48 @@ def combine_data_dirs(dst: str | Path, srcs: list[str | Path]) -> Path:
     if "utt2spk" not in merged:
         raise AsrError(f"combine: some of {', '.join(map(str, srcs))} have no utt2spk")
     dst.mkdir(parents=True, exist_ok=True)
+    carry_yaml = "feats.scp" in merged and feats_yaml is not None
+    # Files of an earlier combine into dst that this one does not write would describe other utterances
+    # or features (a stale feats.yaml makes precomputed features read as computed ones, or vice versa).
+    for name in (*KNOWN_FILES, "feats.yaml"):
+        if name not in (*merged, "spk2utt") and not (name == "feats.yaml" and carry_yaml):
+            (dst / name).unlink(missing_ok=True)
+    if carry_yaml:
+        write_text(dst / "feats.yaml", feats_yaml)
     for name, table in merged.items():
         write_kv(dst / name, table)
     write_kv(dst / "spk2utt", {s: " ".join(u) for s, u in spk2utt_from_utt2spk(merged["utt2spk"]).items()})
     return dst
+
+
+def _common_feats_yaml(srcs: list[Path]) -> str | None:
+    """The text of the sources' shared ``feats.yaml`` (None when none has one); AsrError if theirs differ.
+
+    Compared parsed, so layout and key order do not matter. A source with feats.scp but no feats.yaml
+    holds precomputed features, which cannot be mixed with computed ones either.
+    """
+    from asr.config import read_yaml
+
+    first: tuple[Path, dict | None] | None = None
+    text = None
+    for s in srcs:
+        if not (s / "feats.scp").is_file():
+            continue
+        f = s / "feats.yaml"
+        parsed = read_yaml(f) if f.is_file() else None
+        if first is None:
+            first, text = (s, parsed), f.read_text(encoding="utf-8") if parsed is not None else None
+        elif parsed != first[1]:
+            raise AsrError(f"combine: {first[0]} and {s} have features made different ways "
+                           f"({_difference(first[1], parsed)}); they cannot be mixed: make both with one config")
+    return text
+
+
+def _difference(a: dict | None, b: dict | None) -> str:
+    if a is None or b is None:
+        return "feats.yaml vs none, i.e. precomputed" if b is None else "none, i.e. precomputed, vs feats.yaml"
+    key = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))[0]
+    return f"{key}: {a.get(key)!r} vs {b.get(key)!r}"
 
 
 def split_data_dir(src: str | Path, n: int) -> list[Path]:

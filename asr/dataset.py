@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def load_pipeline(data_dir: str | Path, cmvn_dir: str | Path | None = None) -> FeaturePipeline:
-    """The load-time pipeline of ``data_dir`` (its ``feats.yaml``) with CMVN stats from ``cmvn_dir`` (default: same)."""
+    """The load-time pipeline of ``data_dir`` (its ``feats.yaml``) with CMVN stats from ``cmvn_dir`` (default: same).
+
+    ``cmvn: speaker`` needs the per-speaker stats (``cmvn.scp``) of ``cmvn_dir``; their absence is an error.
+    """
     cfg = read_feature_config(data_dir)
-    cmvn = Cmvn.load(cmvn_dir or data_dir) if cfg.cmvn in ("global", "speaker") else None
-    return FeaturePipeline(cfg, cmvn)
+    if cfg.cmvn not in ("global", "speaker"):
+        return FeaturePipeline(cfg)
+    return FeaturePipeline(cfg, Cmvn.load(cmvn_dir or data_dir, per_speaker=cfg.cmvn == "speaker"))
 
 
 def pipeline_length(pipeline: Any | None, n: int) -> int:
@@ -75,7 +79,7 @@ class FeatsDataset(Dataset):
         max_unk_fraction: float = 0.05,
     ):
         self.data_dir = Path(data_dir)
-        data = DataDir.load(self.data_dir)
+        data = DataDir.load(self.data_dir, read_text=need_text)
         if data.feats_scp is None:
             raise AsrError(f"{self.data_dir}/feats.scp: no such file (run 'asr make-feats {self.data_dir}')")
         if need_text and data.text is None:
@@ -87,9 +91,11 @@ class FeatsDataset(Dataset):
                 f"e.g. {missing[0]} (run 'asr fix-data-dir' or 'asr make-feats')"
             )
         self.pipeline = pipeline
+        # Training-time augmentation of the normalised frames, inside the pipeline (before stacking).
+        self.augment: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.tokens = tokens
         self.utt2spk = data.utt2spk
-        texts = data.text or {}
+        texts = (data.text or {}) if need_text else {}
         if need_text:
             missing = [u for u in data.utts if u not in texts]
             if missing:
@@ -106,7 +112,9 @@ class FeatsDataset(Dataset):
             if n is None:
                 n = self._read(u).shape[0]
             length = pipeline_length(pipeline, n)
-            ids = tokens.encode(texts.get(u, ""))
+            # Decoding (need_text=False) never looks at the reference: an utterance is kept whatever its
+            # text says, so a test utterance can never be dropped (and scored as deletions) for its label.
+            ids = tokens.encode(texts[u]) if need_text else []
             y = torch.tensor(ids, dtype=torch.long)
             need = int(required_frames(y.unsqueeze(0), torch.tensor([len(ids)]))[0]) if ids else 0
             if length < max(need, 1):
@@ -148,11 +156,14 @@ class FeatsDataset(Dataset):
         utt = self.utts[i]
         x = torch.from_numpy(np.array(self._read(utt), dtype=np.float32))  # copy: kaldiio may hand a read-only view
         if self.pipeline is not None:
-            x = (
-                self.pipeline(x, self.utt2spk.get(utt))
-                if isinstance(self.pipeline, FeaturePipeline)
-                else self.pipeline(x)
-            )
+            try:
+                x = (
+                    self.pipeline(x, self.utt2spk.get(utt), self.augment)
+                    if isinstance(self.pipeline, FeaturePipeline)
+                    else self.pipeline(x)
+                )
+            except AsrError as e:
+                raise AsrError(f"{self.data_dir}: {utt}: {e}") from None
         return utt, x, self.labels[i]
 
 

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -31,11 +32,11 @@ def _inputs(md, data_dir: Path, utts: list[str] | None) -> Iterator[tuple[str, t
     """Model inputs ``(N', D')`` per utterance, or the AsrError that prevented reading it."""
     from asr.datadir import DataDir
 
-    data = DataDir.load(data_dir)
+    data = DataDir.load(data_dir, read_text=False)  # decoding never reads the reference
     if data.feats_scp is not None:
         from asr.dataset import FeatsDataset
 
-        ds = FeatsDataset(data_dir, md.tokens, pipeline=md.pipeline, need_text=False)
+        ds = FeatsDataset(data_dir, md.tokens, pipeline=md.pipeline_for(data_dir), need_text=False)
         index = {u: i for i, u in enumerate(ds.utts)}
         for u in utts if utts is not None else ds.utts:
             if u not in index:
@@ -47,6 +48,12 @@ def _inputs(md, data_dir: Path, utts: list[str] | None) -> Iterator[tuple[str, t
                 yield u, e
         return
     from asr.audio import iter_utterances
+
+    if md.feature_config.cmvn == "speaker":
+        raise AsrError(
+            f"{data_dir}: {md.path} normalises per speaker, which needs the dir's features and per-speaker "
+            f"stats: run 'asr make-feats {data_dir}' and 'asr compute-cmvn {data_dir} --per-speaker'"
+        )
 
     for u, wave in iter_utterances(data, md.feature_config.sample_rate, utts):
         if isinstance(wave, AsrError):
@@ -125,7 +132,7 @@ def decode_dir(
     """Decode every utterance of ``data_dir``; write ``out_dir/text`` (+ ``nbest`` when nbest > 1)."""
     from asr.datadir import DataDir
 
-    utts = DataDir.load(data_dir).utts
+    utts = DataDir.load(data_dir, read_text=False).utts
     if not utts:
         raise AsrError(f"{data_dir}: no utterances")
     nj = max(1, min(nj, len(utts)))
@@ -163,11 +170,14 @@ def decode_dir(
 
 
 def _config(args: argparse.Namespace) -> DecodeConfig:
-    conf = args.conf
-    if conf is None and args.decoder:
-        default = Path(__file__).resolve().parents[1] / "conf" / f"decode_{args.decoder}.yaml"
-        conf = default if default.is_file() else None
-    cfg = load(DecodeConfig, conf, args.set)
+    if args.conf is not None:
+        cfg = load(DecodeConfig, args.conf, args.set)
+    else:
+        # The defaults ship inside the package (asr/conf, kept equal to the repo's conf/ by a test), so an
+        # installed wheel decodes with the same settings as a checkout, whatever the working directory.
+        name = f"decode_{args.decoder or DecodeConfig.decoder}.yaml"
+        with resources.as_file(resources.files("asr") / "conf" / name) as default:
+            cfg = load(DecodeConfig, default, args.set)
     if args.decoder:
         cfg.decoder = args.decoder
     if args.lm:
@@ -243,7 +253,8 @@ def _cmd_tune_lm(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("exp_dir", help="model dir written by 'asr train'")
     p.add_argument("data_dir", help="Kaldi data dir (feats.scp, or wav.scp)")
-    p.add_argument("--conf", help="decoder config YAML (default: conf/decode_<decoder>.yaml)")
+    p.add_argument("--conf", help="decoder config YAML (default: decode_<decoder>.yaml packaged with asr, "
+                   "the same as the repository's conf/decode_<decoder>.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a decoder setting")
     p.add_argument("--lm", help="word n-gram LM (ARPA, or KenLM binary when kenlm is installed)")
     p.add_argument("--checkpoint", default="final.pt")

@@ -19,6 +19,7 @@ import argparse
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -303,8 +304,9 @@ class FeaturePipeline:
     ``D' = output_dim(D)``. CMVN mode is ``cfg.cmvn``:
 
     * ``global``: ``cmvn`` stats (a :class:`asr.cmvn.Cmvn` or a ``(2, D+1)`` array) for every utterance;
-    * ``speaker``: the stats of ``spk`` from ``cmvn.speaker_stats``, falling back to the global stats for
-      an unknown (or None) speaker;
+    * ``speaker``: the stats of ``spk`` from ``cmvn.speaker_stats`` (the data dir's own, as Kaldi's
+      ``apply-cmvn --utt2spk``); with ``spk=None`` (a loose file at transcription, no speaker known)
+      the utterance's own stats, the closest thing to a speaker's; a speaker without stats is an error;
     * ``utterance``: each utterance's own stats (``cmvn`` is not needed);
     * ``none``: features pass through.
     """
@@ -332,19 +334,29 @@ class FeaturePipeline:
         """``output_length`` of a LongTensor of lengths (B,)."""
         return torch.div(lengths + self.cfg.subsample - 1, self.cfg.subsample, rounding_mode="floor")
 
-    def __call__(self, feats: torch.Tensor | np.ndarray, spk: str | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        feats: torch.Tensor | np.ndarray,
+        spk: str | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``feats`` (N, D) -> (N', D'). ``augment`` (training: SpecAugment) runs on the normalised
+        ``(N, D)`` frames before deltas and stacking, so its masks cover whole mel bins in every
+        stacked sub-frame and its widths count input frames."""
         # kaldiio may hand out read-only arrays; np.array copies (cheap next to the rest).
         x = feats.float() if isinstance(feats, torch.Tensor) else torch.from_numpy(np.array(feats, np.float32))
         if x.dim() != 2:
             raise AsrError(f"expected features (N, D), got shape {tuple(x.shape)}")
         mode = self.cfg.cmvn
-        if mode == "utterance":
+        if mode == "utterance" or (mode == "speaker" and spk is None):
             x = cmvn_mod.utterance_cmvn(x, self.cfg.cmvn_norm_vars)
         elif mode in ("global", "speaker"):
             mean, scale = self.cmvn.mean_scale_for(spk if mode == "speaker" else None, self.cfg.cmvn_norm_vars)
             if mean.numel() != x.shape[1]:
                 raise AsrError(f"CMVN stats are {mean.numel()}-dim but features are {x.shape[1]}-dim")
             x = (x - mean) * scale
+        if augment is not None:
+            x = augment(x)
         x = add_deltas(x, self.cfg.delta_order, self.cfg.delta_window)
         return stack_frames(x, self.cfg.stack, self.cfg.subsample)
 

@@ -8,7 +8,10 @@ into one ``feats.ark`` with shifted offsets, so the result is byte-identical to 
 Nothing half-written is ever visible: arks are written under temp names in the data dir; at commit the
 old ``feats.scp`` is removed first, then ``feats.ark`` is renamed into place, ``feats.yaml`` and
 ``utt2num_frames`` are written, and ``feats.scp`` last. A crash at any point leaves either the old
-consistent set, no ``feats.scp`` (stage reruns), or the new set.
+consistent set, no ``feats.scp`` (stage reruns), or the new set. The ark is fsynced before its rename
+and every small file is written atomically, so the same holds after a power cut.
+
+Only one make-feats runs per data dir (:func:`asr.lock.hold`); a second one is refused with one line.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import torch
 from kaldiio.matio import write_array
 from tqdm import tqdm
 
+from asr.atomic import fsync_file
 from asr.audio import iter_utterances
 from asr.config import dump, from_dict, to_dict
 from asr.datadir import DataDir, split_data_dir, validate_data_dir, write_kv
 from asr.errors import AsrError
 from asr.features import FeatureConfig, compute_features
+from asr.lock import hold
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +201,7 @@ def _append(src, dst) -> None:
 
 def _commit(d: Path, tmp_ark: Path, entries: list[Entry], cfg: FeatureConfig) -> None:
     ark = (d / "feats.ark").absolute()
+    fsync_file(tmp_ark)
     for name in ("feats.scp", "utt2num_frames"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(d / name)
@@ -230,31 +236,32 @@ def make_feats(data_dir: str | os.PathLike, cfg: FeatureConfig, nj: int = 1, pro
             result.precomputed, result.written = True, len(data.feats_scp)
             return result
         raise AsrError(f"{d}/wav.scp: no such file (and no precomputed feats.scp)")
-    check_audio_dir(d)
-    if cfg.kind == "precomputed":
-        raise AsrError(f"{d}: feature kind 'precomputed' cannot be computed from wav.scp; use fbank or mfcc")
-    nj = max(1, min(nj, len(data.spk2utt)))
-    tmp_ark = _tmp(d, "")
-    try:
-        with tqdm(
-            total=len(data.utts),
-            desc=f"make-feats {d.name}",
-            unit="utt",
-            disable=None if progress else True,
-            leave=False,
-        ) as pbar:
-            if nj == 1:
-                entries, bad = _extract(data, cfg, tmp_ark, pbar.update)
-            else:
-                entries, bad = _run_parallel(data, cfg, nj, tmp_ark, pbar)
-        result.skipped = sorted(bad)
-        if not entries:
-            first = f" (first: {bad[0][1]})" if bad else ""
-            raise AsrError(f"{d}: no utterance could be processed{first}")
-        _commit(d, tmp_ark, entries, cfg)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_ark)
+    with hold(d, "asr make-feats"):
+        check_audio_dir(d)
+        if cfg.kind == "precomputed":
+            raise AsrError(f"{d}: feature kind 'precomputed' cannot be computed from wav.scp; use fbank or mfcc")
+        nj = max(1, min(nj, len(data.spk2utt)))
+        tmp_ark = _tmp(d, "")
+        try:
+            with tqdm(
+                total=len(data.utts),
+                desc=f"make-feats {d.name}",
+                unit="utt",
+                disable=None if progress else True,
+                leave=False,
+            ) as pbar:
+                if nj == 1:
+                    entries, bad = _extract(data, cfg, tmp_ark, pbar.update)
+                else:
+                    entries, bad = _run_parallel(data, cfg, nj, tmp_ark, pbar)
+            result.skipped = sorted(bad)
+            if not entries:
+                first = f" (first: {bad[0][1]})" if bad else ""
+                raise AsrError(f"{d}: no utterance could be processed{first}")
+            _commit(d, tmp_ark, entries, cfg)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_ark)
     result.written = len(entries)
     result.frames = sum(n for _, _, n, _ in entries)
     result.dim = entries[0][3]

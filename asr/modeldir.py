@@ -4,12 +4,18 @@
 extraction + load-time pipeline), ``cmvn_global.ark``, ``tokens.txt`` (+ ``lexicon.txt`` for phones),
 and checkpoints (``epoch-N.pt``, ``last.pt``, ``final.pt``) that each carry ``model_args`` (model
 config, input dim, vocabulary size), so a checkpoint alone rebuilds its network.
+
+``feats.yaml``'s ``cmvn`` records how the model's inputs were normalised in training, and decoding
+does the same: ``global`` with the training set's ``cmvn_global.ark`` (copied here); ``speaker`` with
+each data dir's own per-speaker ``cmvn.scp`` (:meth:`ModelDir.pipeline_for`) and, for loose files with
+no speaker, the utterance's own stats; ``utterance`` per utterance; ``none`` not at all.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,8 +23,8 @@ from typing import Any
 import torch
 
 from asr.atomic import atomic_path, write_text
+from asr.cmvn import Cmvn
 from asr.config import dump, from_dict, read_yaml, to_dict
-from asr.dataset import load_pipeline
 from asr.errors import AsrError
 from asr.features import FeatureConfig, FeaturePipeline, compute_features, read_feature_config
 from asr.models import CTCModel, ModelConfig, build_model
@@ -109,9 +115,28 @@ def check_exp_dir(exp_dir: Path, cfg: Any, data_dir: Path, lang_dir: Path) -> No
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    """torch.save, atomically (a kill leaves the previous file)."""
+    """torch.save, atomically (a kill leaves the previous file). ``obj`` holds only tensors and plain
+    Python types, so :func:`load_checkpoint` can read it with ``weights_only=True``."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint without running any code from it (``weights_only=True``).
+
+    A shared ``final.pt`` is a pickle; a full unpickle could run arbitrary code. Anything beyond
+    tensors and plain containers is refused with one line naming the file.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AsrError(f"{path}: refused: not a plain-tensor checkpoint ({first[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - any other read failure is the same user problem
+        raise AsrError(f"{path}: cannot read checkpoint: {str(e).strip().splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict):
+        raise AsrError(f"{path}: not an asr checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
 def write_metrics(exp_dir: Path, history: list[dict]) -> None:
@@ -147,17 +172,27 @@ def plot_metrics(exp_dir: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def average_checkpoints(exp_dir: Path, history: list[dict], how: str, n: int, metric: str) -> tuple[dict, list[int]]:
-    """Mean of the weights of the best (by ``metric``) or last ``n`` epochs."""
+def choose_epochs(history: list[dict], how: str, n: int, metric: str) -> list[int]:
+    """Epochs whose weights make ``final.pt``: the best ``n`` by ``metric`` (ties: the later epoch), the
+    last ``n``, or with ``how == "none"`` just the last epoch (its weights as they are)."""
     epochs = [r["epoch"] for r in history]
+    if not epochs:
+        raise AsrError("no finished epoch to make final.pt from")
+    if how == "none":
+        return [epochs[-1]]
     if how == "best":
-        epochs = sorted(epochs, key=lambda e: (history[e - 1][metric], -e))
+        ranked = sorted(epochs, key=lambda e: (history[e - 1][metric], -e))
     else:
-        epochs = epochs[::-1]
-    chosen = sorted(epochs[: max(1, n if how != "none" else 1)]) if how != "none" else [epochs[-1]]
+        ranked = epochs[::-1]
+    return sorted(ranked[: max(1, n)])
+
+
+def average_checkpoints(exp_dir: Path, history: list[dict], how: str, n: int, metric: str) -> tuple[dict, list[int]]:
+    """Mean of the weights of the epochs :func:`choose_epochs` picks."""
+    chosen = choose_epochs(history, how, n, metric)
     avg: dict[str, torch.Tensor] = {}
     for e in chosen:
-        state = torch.load(exp_dir / f"epoch-{e}.pt", map_location="cpu", weights_only=False)["model"]
+        state = load_checkpoint(exp_dir / f"epoch-{e}.pt")["model"]
         for k, v in state.items():
             if v.is_floating_point():
                 avg[k] = avg[k] + v.double() if k in avg else v.double()
@@ -194,22 +229,37 @@ class ModelDir:
         ckpt_path = Path(checkpoint) if Path(checkpoint).is_file() else exp_dir / checkpoint
         if not ckpt_path.is_file():
             raise AsrError(f"{ckpt_path}: no such checkpoint (training not finished?)")
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user problem
-            raise AsrError(f"{ckpt_path}: cannot read checkpoint: {e}") from None
+        ckpt = load_checkpoint(ckpt_path)
         model, _ = model_from_checkpoint(ckpt, str(ckpt_path))
         device = torch.device(device)
         model.to(device).eval()
         tokens = TokenTable.load(exp_dir / "tokens.txt")
         if len(tokens) != model.vocab_size:
             raise AsrError(f"{exp_dir}/tokens.txt: {len(tokens)} tokens but {ckpt_path.name} has {model.vocab_size}")
-        pipeline = load_pipeline(exp_dir)
+        cfg = read_feature_config(exp_dir)
+        # A speaker-normalised model keeps only the training set's global stats: data dirs bring their
+        # own per-speaker stats (pipeline_for), loose files are normalised per utterance.
+        cmvn = Cmvn.load(exp_dir) if cfg.cmvn in ("global", "speaker") else None
+        pipeline = FeaturePipeline(cfg, cmvn)
         config = read_yaml(exp_dir / "config.yaml") if (exp_dir / "config.yaml").is_file() else {}
         return cls(exp_dir, model, tokens, pipeline.cfg, pipeline, config, device)
 
+    def pipeline_for(self, data_dir: str | Path) -> FeaturePipeline:
+        """The load-time pipeline for the stored features of ``data_dir``.
+
+        As in Kaldi/EESEN (``apply-cmvn --utt2spk``), a model trained with ``cmvn: speaker`` normalises
+        each test speaker with that speaker's own stats, read from ``data_dir/cmvn.scp`` (an error when
+        missing); global and per-utterance models use the model dir's pipeline as it is.
+        """
+        if self.feature_config.cmvn != "speaker":
+            return self.pipeline
+        return FeaturePipeline(self.feature_config, Cmvn.load(data_dir, per_speaker=True))
+
     def features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Audio ``(T,)`` at ``feature_config.sample_rate`` -> model input ``(N', D')`` (extraction + pipeline)."""
+        """Audio ``(T,)`` at ``feature_config.sample_rate`` -> model input ``(N', D')`` (extraction + pipeline).
+
+        No speaker is known here: a ``cmvn: speaker`` model normalises with the utterance's own stats.
+        """
         if self.feature_config.kind == "precomputed":
             raise AsrError(f"{self.path}: trained on precomputed features; it cannot featurise audio")
         return self.pipeline(compute_features(wave, self.feature_config))

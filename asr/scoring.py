@@ -244,7 +244,9 @@ def score(
     """Align every REF utterance with its HYP (empty when missing) and count errors.
 
     ``ref``/``hyp`` map utterance id -> raw text. Words are aligned by ``jiwer.process_words`` and
-    characters by ``jiwer.process_characters``, so totals equal jiwer's on the normalised text.
+    characters by ``jiwer.process_characters``, so totals equal jiwer's on the normalised text. An
+    empty reference (e.g. only noise tokens under ``ignore_noise``) scores its hypothesis as
+    insertions, 0 errors when that is empty too; any jiwer >= 3.0 works.
     """
     norm = normaliser or Normaliser()
     ids = list(ref)
@@ -253,17 +255,29 @@ def score(
     result = ScoreResult(utts=[], normaliser=norm, extra=[u for u in hyp if u not in ref])
     if not ids:
         return result
-    words = jiwer.process_words([" ".join(r) for r in refs], [" ".join(h) for h in hyps])
-    chars = jiwer.process_characters([" ".join(r) for r in refs], [" ".join(h) for h in hyps])
+    # jiwer 3.x raises on an empty reference (which --ignore-noise easily makes), so pairs with an
+    # empty side never reach it: their alignment is all insertions or all deletions anyway.
+    aligned = [i for i in range(len(ids)) if refs[i] and hyps[i]]
+    at = {i: k for k, i in enumerate(aligned)}
+    if aligned:
+        pairs = [" ".join(refs[i]) for i in aligned], [" ".join(hyps[i]) for i in aligned]
+        words, chars = jiwer.process_words(*pairs), jiwer.process_characters(*pairs)
     for i, u in enumerate(ids):
-        ops = _ops_from_chunks(refs[i], hyps[i], words.alignments[i])
+        if i in at:
+            j = at[i]
+            ops = _ops_from_chunks(refs[i], hyps[i], words.alignments[j])
+            char_err = sum(max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
+                           for c in chars.alignments[j] if c.type != "equal")
+            ref_chars = len(chars.references[j])
+        else:
+            ops = [(w, EPS, "D") for w in refs[i]] + [(EPS, w, "I") for w in hyps[i]]
+            ref_chars = len(" ".join(refs[i]))
+            char_err = ref_chars + len(" ".join(hyps[i]))  # one side is empty
         counts = {k: sum(1 for o in ops if o[2] == k) for k in "CSID"}
-        char_err = sum(max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
-                       for c in chars.alignments[i] if c.type != "equal")
         result.utts.append(UttScore(
             utt=u, ref=refs[i], hyp=hyps[i], ops=ops, cor=counts["C"], sub=counts["S"],
             ins=counts["I"], dels=counts["D"], char_errors=char_err,
-            ref_chars=len(chars.references[i]), missing=u not in hyp,
+            ref_chars=ref_chars, missing=u not in hyp,
             spk=(utt2spk.get(u, "<unknown>") if utt2spk is not None else None),
         ))
     return result

@@ -14,6 +14,8 @@ single-process gradient of the same global batch. Only rank 0 writes files.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -35,9 +37,11 @@ from asr.config import load, to_dict
 from asr.dataset import BucketBatchSampler, FeatsDataset, collate, load_pipeline
 from asr.errors import AsrError
 from asr.features import read_feature_config
+from asr.lock import hold
 from asr.modeldir import (
     average_checkpoints,
     check_exp_dir,
+    load_checkpoint,
     model_args,
     plot_metrics,
     save_checkpoint,
@@ -74,7 +78,8 @@ class TrainConfig:
     average_n: int = 3
     seed: int = 0
     specaug: bool = False
-    specaug_opts: SpecAugConfig = field(default_factory=SpecAugConfig)  # masks on the model input features
+    # Masks on the normalised features before deltas/stacking: widths in stored feature bins and frames.
+    specaug_opts: SpecAugConfig = field(default_factory=SpecAugConfig)
     amp: bool = True  # CUDA only
     num_workers: int = 0
     max_unk_fraction: float = 0.05  # more uncovered text than this is an error
@@ -140,7 +145,13 @@ def evaluate(model: CTCModel, loader: DataLoader, device: torch.device) -> tuple
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG's state as tensors and plain types (a checkpoint must load with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -148,8 +159,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -189,19 +202,19 @@ def train(
     dev_pipeline = load_pipeline(dev_dir, dev_dir) if pipeline.cfg.cmvn == "speaker" else pipeline
     train_set = FeatsDataset(data_dir, tokens, pipeline, max_unk_fraction=cfg.max_unk_fraction)
     dev_set = FeatsDataset(dev_dir, tokens, dev_pipeline, max_unk_fraction=cfg.max_unk_fraction)
-    if main:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        write_meta(exp_dir, cfg, data_dir, lang_dir)
-        handler = logging.FileHandler(exp_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        logging.getLogger("asr").addHandler(handler)
-        logging.getLogger("asr").setLevel(logging.INFO)
-    try:
-        return _run(cfg, train_set, dev_set, tokens, exp_dir, device, rank, world, use_amp, on_step)
-    finally:
+    with contextlib.ExitStack() as stack:
         if main:
-            logging.getLogger("asr").removeHandler(handler)
-            handler.close()
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            # One writer per model dir: a second 'asr train' here would interleave checkpoints.
+            stack.enter_context(hold(exp_dir, "asr train"))
+            write_meta(exp_dir, cfg, data_dir, lang_dir)
+            handler = logging.FileHandler(exp_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            logging.getLogger("asr").addHandler(handler)
+            logging.getLogger("asr").setLevel(logging.INFO)
+            stack.callback(handler.close)
+            stack.callback(logging.getLogger("asr").removeHandler, handler)
+        return _run(cfg, train_set, dev_set, tokens, exp_dir, device, rank, world, use_amp, on_step)
 
 
 def _run(
@@ -242,7 +255,7 @@ def _run(
     }
     margs = model_args(model, cfg.model)
     if (exp_dir / "last.pt").is_file():
-        ckpt = torch.load(exp_dir / "last.pt", map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(exp_dir / "last.pt")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
@@ -268,6 +281,11 @@ def _run(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.specaug:
+        # Applied per utterance inside the feature pipeline, before stacking. With num_workers=0 it draws
+        # from the torch RNG, which checkpoints restore, so a resumed run stays exact.
+        opts = cfg.specaug_opts
+        train_set.augment = functools.partial(spec_augment, cfg=opts)
     sampler = BucketBatchSampler(
         train_set.lengths, cfg.frames_per_batch, cfg.max_batch_size, cfg.sortagrad, True, cfg.seed, rank, world
     )
@@ -302,7 +320,9 @@ def _run(
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=cfg.num_workers,
-            generator=torch.Generator(),
+            # Seeds the workers' RNGs (augmentation) anew for each epoch and resume point, without
+            # drawing from the global RNG.
+            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + st["batch"]),
         )
         bar = tqdm(
             total=len(sizes),
@@ -315,8 +335,6 @@ def _run(
         for x, x_lens, y, y_lens in loader:
             k = st["batch"]
             x, x_lens, y, y_lens = x.to(device), x_lens.to(device), y.to(device), y_lens.to(device)
-            if cfg.specaug:  # draws from the torch RNG, which checkpoints restore: resume stays exact
-                x = spec_augment(x, x_lens, cfg.specaug_opts)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 lp, out_lens = net(x, x_lens)
             loss_sum, n_bad = ctc_loss(lp.float(), out_lens, y, y_lens)
@@ -425,7 +443,7 @@ def _run(
     return exp_dir / "final.pt"
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path | list | None, overrides: list[str] | None = None) -> TrainConfig:
     return load(TrainConfig, path, overrides)
 
 
@@ -447,7 +465,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dev_dir")
     p.add_argument("lang_dir")
     p.add_argument("exp_dir")
-    p.add_argument("--conf", help="training config YAML (e.g. conf/blstm.yaml); default: built-in")
+    p.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        help="training config YAML (e.g. conf/blstm.yaml); repeat to merge fragments left to right "
+        "(--conf conf/blstm.yaml --conf conf/specaug.yaml); default: built-in",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="K=V", help="override a config key, e.g. optim.lr=5e-4"
     )

@@ -1,20 +1,21 @@
 """Transcribe audio files with a trained model dir: ``asr transcribe MODEL_DIR FILE...``.
 
 The model is loaded once for all files. Long audio is streamed in chunks so memory stays flat:
-each chunk is read with a few seconds of context on both sides, run through features, pipeline
-and model, and only the output frames of its own span are kept. The kept CTC posteriors of all
-chunks form one sequence that is decoded once, so words at chunk borders are neither lost nor
-doubled. Chunk borders are moved to the quietest hop near the nominal border, where the BiLSTM's
-context matters least.
+each chunk is read (through :class:`asr.audio.AudioStream`) with a few seconds of context on both
+sides, run through features, pipeline and model, and only the output frames of its own span are
+kept. Chunk borders are moved to the quietest hop near the nominal border, where the BiLSTM's
+context matters least. The posteriors of consecutive chunks are joined into segments, each decoded
+on its own: a segment ends at the first chunk border after ``segment_seconds`` (120 s) where the
+output frame is blank (a pause), or regardless at four times that. No word is lost or doubled at a
+chunk border; at a segment border the decoder starts afresh, so an LM's context (and its sentence
+start/end scores) restarts there, as between two files.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -22,12 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from tqdm import tqdm
 
-from asr.audio import load_wav_scp_entry, read_audio
+from asr.audio import AudioSource, load_wav_scp_entry
 from asr.config import load as load_config
 from asr.datadir import read_kv
 from asr.decoders import DecodeConfig, Hypothesis, make_decoder
@@ -80,8 +79,9 @@ class Transcriber:
         self.cfg = self.md.feature_config
         if self.cfg.kind == "precomputed":
             raise AsrError(f"{model_dir}: trained on precomputed features; it cannot transcribe audio")
-        if self.cfg.cmvn == "utterance":
-            log.warning("%s uses per-utterance CMVN: long files are normalised per chunk", model_dir)
+        if self.cfg.cmvn in ("utterance", "speaker"):
+            # A file carries no speaker: a per-speaker model normalises it with its own stats instead.
+            log.info("%s normalises each file (long files: each chunk) with its own CMVN stats", model_dir)
         self.decode_config = decode or DecodeConfig(decoder="greedy")
         self.decoder = make_decoder(self.md.tokens.symbols, self.decode_config)
         self.rate = self.cfg.sample_rate
@@ -109,6 +109,7 @@ class Transcriber:
             self.scripted = torch.jit.load(engine, map_location="cpu").eval()
 
     # ------------------------------------------------------------------ model on one chunk
+    @torch.no_grad()  # a TorchScript engine would otherwise keep every chunk's autograd graph
     def _log_probs(self, wave: torch.Tensor) -> torch.Tensor:
         """Audio ``(T,)`` -> log-probs ``(N', V)`` of the whole piece."""
         feats = self.md.pipeline(compute_features(wave, self.cfg))
@@ -169,7 +170,8 @@ class Transcriber:
         Posteriors are decoded in segments of at least ``segment_frames`` that end where a chunk
         ends on a blank frame (a pause): decoding then never holds more than a few minutes of
         posteriors, so memory stays flat however long the recording is, and cutting at a blank
-        changes no collapse of repeated tokens.
+        changes no collapse of repeated tokens. Each segment is decoded afresh: an LM's context
+        does not cross a segment border.
         """
         words: list[Word] = []
         buf: list[torch.Tensor] = []
@@ -186,104 +188,79 @@ class Transcriber:
         if buf:
             words += self._decode_segment(torch.cat(buf), offset)
         duration = audio.num_samples / self.rate
+        for w in words:
+            # The last output frame may reach past the audio by up to (subsample - 1) feature frames.
+            w.end = min(w.end, duration)
         return Transcript(audio.name, " ".join(w.word for w in words), duration, words)
 
     def _decode_segment(self, lp: torch.Tensor, offset: int) -> list[Word]:
         hyp: Hypothesis = self.decoder.decode(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0][0]
-        return self._words(hyp, lp, offset)
+        frame_s = self.hop / self.rate
+        return words_with_times(hyp, lp, self.md.tokens.symbols, self.decode_config.word_boundary, frame_s,
+                                max(1, round(self.word_gap / frame_s)), offset)
 
     def transcribe_file(self, path: str | os.PathLike) -> Transcript:
         return self.transcribe(AudioSource.open(str(path), self.rate))
 
-    def _words(self, hyp: Hypothesis, lp: torch.Tensor, offset: int = 0) -> list[Word]:
-        """Words with times; a pause longer than ``word_gap`` also ends a word.
 
-        Char models are trained on utterances that neither start nor end with a word boundary, so in
-        a long recording holding many utterances nothing marks the border between the last word of
-        one and the first of the next except the silence between them.
-        """
-        frame_s = self.hop / self.rate
-        max_gap = max(1, round(self.word_gap / frame_s))
-        boundary = self.decode_config.word_boundary
-        symbols = self.md.tokens.symbols
-        words, cur, conf = [], [], []
-        probs = lp.exp()
-        for tok, t in zip(hyp.tokens, hyp.timesteps, strict=True):
-            if symbols[tok] == boundary or (cur and t + offset - cur[-1][1] > max_gap):
-                if cur:
-                    words.append(_word(cur, conf, symbols, frame_s))
-                cur, conf = [], []
-                if symbols[tok] == boundary:
-                    continue
-            conf.append(float(probs[min(t, probs.shape[0] - 1), tok]))
-            cur.append((tok, t + offset))
+def token_frames(hyp: Hypothesis, lp: torch.Tensor) -> list[tuple[int, int]]:
+    """``(first, last)`` output frame of each emitted token of ``hyp`` in posteriors ``lp (T, V)``.
+
+    CTC spells one emission as a run of frames on which the token is the most likely label, while
+    the decoder names one frame of it (greedy: the first; beam: the one that scored best). The span
+    is that frame widened over the run, without reaching into a neighbouring token's frames.
+    """
+    best = lp.argmax(dim=-1).tolist()
+    steps = list(hyp.timesteps)
+    spans: list[tuple[int, int]] = []
+    for i, (tok, t) in enumerate(zip(hyp.tokens, steps, strict=True)):
+        lo = spans[-1][1] + 1 if spans else 0
+        hi = steps[i + 1] - 1 if i + 1 < len(steps) else len(best) - 1
+        first = last = t
+        while first - 1 >= lo and best[first - 1] == tok:
+            first -= 1
+        while last + 1 <= hi and best[last + 1] == tok:
+            last += 1
+        spans.append((first, last))
+    return spans
+
+
+def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boundary: str, frame_s: float,
+                     max_gap: int, offset: int = 0) -> list[Word]:
+    """Words of ``hyp`` with times in seconds, from posteriors ``lp (T, V)`` of ``frame_s`` s frames.
+
+    Output frame ``t`` covers ``[t, t + 1) * frame_s`` seconds (``frame_s = hop / rate``: frame
+    shift times subsampling), counted from frame ``offset`` of the recording. A word starts at the
+    start of its first token's run of frames and ends at the end of its last token's run (see
+    :func:`token_frames`); its confidence is the mean posterior of its tokens where they were emitted.
+
+    A token starting more than ``max_gap`` frames after the previous token's run also starts a new
+    word (a pause of at least ``max_gap`` frames): char models are trained on utterances
+    that neither start nor end with a word boundary, so in a long recording nothing else marks the
+    border between the last word of one utterance and the first of the next.
+    """
+    words: list[Word] = []
+    cur: list[tuple[int, int, int]] = []  # (token, first frame, last frame)
+    conf: list[float] = []
+    probs = lp.exp()
+
+    def flush() -> None:
         if cur:
-            words.append(_word(cur, conf, symbols, frame_s))
-        return words
+            text = "".join(symbols[tok] for tok, _, _ in cur)
+            start, end = (cur[0][1] + offset) * frame_s, (cur[-1][2] + 1 + offset) * frame_s
+            words.append(Word(text, round(start, 3), round(end, 3), round(float(np.mean(conf)), 4)))
+        cur.clear()
+        conf.clear()
 
-
-def _word(toks: list[tuple[int, int]], conf: list[float], symbols: list[str], frame_s: float) -> Word:
-    text = "".join(symbols[t] for t, _ in toks)
-    return Word(
-        text, round(toks[0][1] * frame_s, 3), round((toks[-1][1] + 1) * frame_s, 3), round(float(np.mean(conf)), 4)
-    )
-
-
-class AudioSource:
-    """A recording read piece by piece at ``rate`` (files are streamed; pipes/stdin are held in memory)."""
-
-    def __init__(self, name: str, rate: int, num_samples: int, reader):
-        self.name, self.rate, self.num_samples, self._reader = name, rate, num_samples, reader
-
-    def read(self, a: int, b: int) -> torch.Tensor:
-        """Samples ``[a, b)`` at ``rate``, mono ``(b - a,)``."""
-        return self._reader(max(0, a), min(b, self.num_samples))
-
-    @classmethod
-    def from_tensor(cls, name: str, wave: torch.Tensor, rate: int) -> AudioSource:
-        return cls(name, rate, wave.numel(), lambda a, b: wave[a:b])
-
-    @classmethod
-    def open(cls, path: str, rate: int, name: str | None = None) -> AudioSource:
-        name = name or path
-        if path == "-":
-            data = sys.stdin.buffer.read()
-            if not data:
-                raise AsrError("-: nothing on standard input")
-            return cls.from_tensor("-", read_audio(io.BytesIO(data), rate, name="-"), rate)
-        if not os.path.isfile(path):
-            raise AsrError(f"{name}: no such file")
-        if os.path.getsize(path) == 0:
-            raise AsrError(f"{name}: empty file")
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AsrError(f"{name}: cannot decode audio ({str(e).strip().splitlines()[0]})") from None
-        if info.frames <= 0:
-            raise AsrError(f"{name}: empty audio (0 samples)")
-        if info.duration < 120:  # short files: one read, no streaming bookkeeping
-            return cls.from_tensor(name, read_audio(path, rate, name=name), rate)
-        native = info.samplerate
-        total = math.floor(info.frames * rate / native)
-
-        def reader(a: int, b: int) -> torch.Tensor:
-            # Read the matching native span (plus a little for the resampler) and resample it.
-            na, nb = math.floor(a * native / rate), math.ceil(b * native / rate)
-            try:
-                with sf.SoundFile(path) as f:
-                    f.seek(na)
-                    data = f.read(nb - na, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise AsrError(f"{name}: cannot decode audio ({str(e).strip()})") from None
-            if not np.isfinite(data).all():
-                raise AsrError(f"{name}: audio contains NaN or infinite samples")
-            wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-            if native != rate:
-                wave = AF.resample(wave, native, rate)
-            out = wave[: b - a]
-            return torch.nn.functional.pad(out, (0, (b - a) - out.numel()))
-
-        return cls(name, rate, total, reader)
+    for tok, t, (first, last) in zip(hyp.tokens, hyp.timesteps, token_frames(hyp, lp), strict=True):
+        if symbols[tok] == boundary or (cur and first - cur[-1][2] > max_gap):
+            flush()
+            if symbols[tok] == boundary:
+                continue
+        conf.append(float(probs[t, tok]))
+        cur.append((tok, first, last))
+    flush()
+    return words
 
 
 def expand_inputs(items: list[str], rate: int) -> Iterator[tuple[str, AudioSource | AsrError]]:
@@ -357,16 +334,26 @@ def format_transcripts(transcripts: list[Transcript], fmt: str) -> str:
 
 
 # ---------------------------------------------------------------------- CLI
-def _cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.atomic import write_text
-
+def _decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """As ``asr decode``: an LM means beam search unless a decoder is named, and greedy + LM is an error."""
     decode = load_config(DecodeConfig, args.conf, args.set)
     if args.decoder:
         decode.decoder = args.decoder
-    elif not args.conf:
-        decode.decoder = "greedy"
     if args.lm:
         decode.lm = args.lm
+    named = args.decoder or any(kv.split("=", 1)[0].strip() == "decoder" for kv in args.set)
+    if not named and (args.lm or not args.conf):
+        # Without a config the default is greedy (fast, no LM needed), but an LM only works in beam search.
+        decode.decoder = "beam" if decode.lm else "greedy"
+    if decode.lm and decode.decoder == "greedy":
+        raise AsrError("--lm needs the beam decoder (--decoder beam)")
+    return decode
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.atomic import write_text
+
+    decode = _decode_config(args)
     engine = args.engine
     tr = Transcriber(
         args.model_dir, decode, checkpoint=args.checkpoint, chunk_seconds=args.chunk_seconds, engine=engine
@@ -399,10 +386,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files with a trained model dir")
     p.add_argument("model_dir")
     p.add_argument("files", nargs="+", help="audio files, directories, wav.scp files, or - for stdin")
-    p.add_argument("--decoder", choices=["greedy", "beam"], help="default: greedy, or what --conf says")
+    p.add_argument("--decoder", choices=["greedy", "beam"],
+                   help="default: beam with --lm, else what --conf says, else greedy")
     p.add_argument("--conf", help="decoder config YAML (conf/decode_beam.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a decoder setting")
-    p.add_argument("--lm", help="ARPA word n-gram LM for beam search")
+    p.add_argument("--lm", help="ARPA word n-gram LM; implies --decoder beam")
     p.add_argument("--format", choices=["text", "json", "ctm", "srt"], default="text")
     p.add_argument("-o", "--output", help="write here (atomically) instead of stdout")
     p.add_argument("--checkpoint", default="final.pt")

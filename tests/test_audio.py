@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.audio import iter_utterances, load_utterance, load_wav_scp_entry, read_audio
+from asr.audio import AudioStream, iter_utterances, load_utterance, load_wav_scp_entry, read_audio
 from asr.datadir import DataDir, Segment, validate_data_dir, write_data_dir
 from asr.errors import AsrError
 
@@ -147,3 +147,38 @@ def test_a_bad_utterance_does_not_stop_the_batch(tmp_path):
     bad = [u for u, w in results.items() if isinstance(w, AsrError)]
     assert ok == [f"u{len(cases) - 1}"] and len(bad) == len(cases) - 1
     assert all(str(results[u]).startswith(u) for u in bad)
+
+
+@pytest.mark.parametrize("native", [RATE, 8000, 44100])
+def test_stream_spans_equal_slices_of_the_whole_file(tmp_path, native):
+    """Any span, also one at either end, is the slice of the file read and resampled whole."""
+    rng = np.random.default_rng(native)
+    stereo = (rng.standard_normal((3 * native + 7, 2)) * 0.1).astype(np.float32)
+    path = write_wav(tmp_path / "long.wav", stereo, native)
+    whole = read_audio(path, RATE)
+    stream = AudioStream(path, RATE)
+    assert stream.num_samples == whole.numel() and stream.duration == (3 * native + 7) / native
+    spans = [(0, 1000), (12345, 30001), (30001, 30002), (whole.numel() - 999, whole.numel()),
+             (whole.numel() - 10, whole.numel() + 50)]
+    for a, b in spans:
+        got = stream.read(a, b)
+        assert got.shape == (b - a,)
+        want = torch.nn.functional.pad(whole[a:b], (0, b - a - whole[a:b].numel()))  # zeros past the end
+        if native == RATE:
+            assert torch.equal(got, want), (a, b)
+        else:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=f"span {a}:{b}")
+
+
+@pytest.mark.parametrize("case", ["empty file", "truncated", "not audio", "no samples", "missing path", "nan samples"])
+def test_stream_bad_files_are_one_line_naming_the_file(tmp_path, case):
+    value, message = _bad_cases(tmp_path)[case]
+    with pytest.raises(AsrError) as err:
+        AudioStream(value, RATE, name="rec-3").read(0, RATE)
+    text = str(err.value)
+    assert text.startswith("rec-3") and message in text and "\n" not in text
+
+
+def test_transcribe_reads_audio_only_through_this_module():
+    source = (Path(__file__).resolve().parents[1] / "asr" / "transcribe.py").read_text()
+    assert "soundfile" not in source and "torchaudio" not in source

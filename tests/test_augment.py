@@ -10,7 +10,6 @@ import torch
 
 from asr.augment import SpecAugConfig, perturb_wave, spec_augment, speed_prefix, time_warp
 from asr.cli import main
-from asr.config import load
 from asr.datadir import DataDir, Segment, validate_data_dir, write_data_dir
 from asr.errors import AsrError
 
@@ -74,8 +73,12 @@ def test_time_warp_keeps_shape_and_endpoints():
 def test_config_validation_and_yaml():
     with pytest.raises(ValueError):
         SpecAugConfig(time_width_ratio=2.0)
-    cfg = load(SpecAugConfig, ROOT / "conf" / "specaug.yaml")
-    assert cfg.freq_masks == 2
+    from asr.train import load_train_config
+
+    # conf/specaug.yaml is a training-config fragment that asr train merges after the main config.
+    cfg = load_train_config([ROOT / "conf" / "blstm_debug.yaml", ROOT / "conf" / "specaug.yaml"])
+    assert cfg.specaug and cfg.specaug_opts.freq_masks == 2 and cfg.specaug_opts.time_width == 40
+    assert cfg.model == load_train_config(ROOT / "conf" / "blstm_debug.yaml").model
 
 
 def test_perturb_wave_changes_duration():

@@ -100,10 +100,12 @@ def test_per_speaker_cmvn_gives_zero_mean_unit_variance(shared_data, tmp_path):
     assert torch.allclose(y.std(0, unbiased=False), torch.ones(80, dtype=torch.float64), atol=1e-3)
 
 
-def test_unknown_speaker_falls_back_to_global_stats():
+def test_unknown_speaker_is_an_error_not_a_fallback_to_global_stats():
     g, a = accumulate(np.random.rand(9, 2)), accumulate(np.random.rand(4, 2) + 5)
     cmvn = Cmvn(global_stats=g, speaker_stats={"a": a})
-    assert cmvn.stats_for("a") is a and cmvn.stats_for("new") is g and cmvn.stats_for(None) is g
+    assert cmvn.stats_for("a") is a and cmvn.stats_for(None) is g
+    with pytest.raises(AsrError, match="no CMVN stats for speaker new"):
+        cmvn.stats_for("new")
     assert cmvn.dim == 2
 
 

@@ -67,15 +67,12 @@ def _conf_class(path: Path):
     if name in ("fbank", "mfcc") or name.startswith(("fbank", "mfcc")):
         from asr.features import FeatureConfig
         return FeatureConfig
-    if name.startswith("blstm") or name.startswith("train"):
+    if name.startswith(("blstm", "train", "specaug")):
         from asr.train import TrainConfig
         return TrainConfig
     if name.startswith("decode"):
         from asr.decoders import DecodeConfig
         return DecodeConfig
-    if name.startswith("specaug"):
-        from asr.augment import SpecAugmentConfig
-        return SpecAugmentConfig
     return None
 
 

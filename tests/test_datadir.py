@@ -172,3 +172,48 @@ def test_combine_data_dirs(tmp_path):
     c = write_data_dir(tmp_path / "c", utt2spk={"a1": "B"}, text={"a1": "X"})
     with pytest.raises(AsrError, match="id a1 also in another source"):
         combine_data_dirs(tmp_path / "ac", [a, c])
+
+
+def _featurised(d: Path, utts: dict[str, str], yaml_text: str | None) -> Path:
+    """A data dir with (fake) features: feats.scp, utt2num_frames and, unless None, this feats.yaml."""
+    ids = sorted(utts)
+    write_data_dir(d, utt2spk=utts, text={u: "X" for u in ids},
+                   feats_scp={u: f"/f/{d.name}.ark:{i * 100 + 9}" for i, u in enumerate(ids)},
+                   utt2num_frames={u: 50 + i for i, u in enumerate(ids)})
+    if yaml_text is not None:
+        (d / "feats.yaml").write_text(yaml_text)
+    return d
+
+
+def test_combine_carries_feats_yaml_and_frame_counts(tmp_path):
+    from asr.features import read_feature_config
+
+    a = _featurised(tmp_path / "a", {"a1": "A", "a2": "A"}, "kind: fbank\nnum_mel_bins: 40\nstack: 3\nsubsample: 3\n")
+    # The same settings written in another key order and layout are the same features.
+    b = _featurised(tmp_path / "b", {"b1": "B"}, "subsample: 3\nstack: 3\nnum_mel_bins: 40   # fbank\nkind: fbank\n")
+    out = combine_data_dirs(tmp_path / "ab", [a, b])
+    cfg = read_feature_config(out)
+    assert (cfg.kind, cfg.num_mel_bins, cfg.stack, cfg.subsample) == ("fbank", 40, 3, 3)
+    assert read_kv(out / "utt2num_frames") == {"a1": "50", "a2": "51", "b1": "50"}
+    assert read_kv(out / "feats.scp") == {"a1": "/f/a.ark:9", "a2": "/f/a.ark:109", "b1": "/f/b.ark:9"}
+    assert validate_data_dir(out, need_feats=True) == []
+
+    # Recombined without features (c has none): nothing left over claims features the dir lacks.
+    c = write_data_dir(tmp_path / "c", utt2spk={"c1": "C"}, text={"c1": "X"})
+    combine_data_dirs(out, [a, c])
+    assert not any((out / n).exists() for n in ("feats.yaml", "feats.scp", "utt2num_frames"))
+    assert validate_data_dir(out) == []
+
+
+def test_combine_refuses_features_made_different_ways(tmp_path, capsys):
+    a = _featurised(tmp_path / "a", {"a1": "A"}, "kind: fbank\nnum_mel_bins: 40\n")
+    b = _featurised(tmp_path / "b", {"b1": "B"}, "kind: fbank\nnum_mel_bins: 80\n")
+    pre = _featurised(tmp_path / "pre", {"p1": "P"}, None)  # feats.scp, no feats.yaml: precomputed
+    with pytest.raises(AsrError, match=r"made different ways \(num_mel_bins: 40 vs 80\)"):
+        combine_data_dirs(tmp_path / "ab", [a, b])
+    with pytest.raises(AsrError, match="precomputed"):
+        combine_data_dirs(tmp_path / "ap", [a, pre])
+    assert not (tmp_path / "ab").exists() and not (tmp_path / "ap").exists()
+    assert main(["combine-data-dirs", str(tmp_path / "ab"), str(a), str(b)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(a) in err and str(b) in err

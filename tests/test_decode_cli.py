@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -102,3 +109,57 @@ def test_decode_bad_input(exp, tmp_path, capsys):
     bad.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\nzzz\n\\end\\\n")
     assert main(["decode", str(exp_dir), str(data), "--lm", str(bad), "-o", str(tmp_path / "x")]) == 1
     assert "bad.arpa:5" in capsys.readouterr().err
+
+
+DECODE_DEFAULTS = ("decode_beam.yaml", "decode_greedy.yaml")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_packaged_decode_defaults_are_the_repo_conf():
+    """asr/conf ships in the wheel; conf/ is what recipes and readers see: they must not drift apart."""
+    packaged = resources.files("asr") / "conf"
+    for name in DECODE_DEFAULTS:
+        assert (packaged / name).read_bytes() == (REPO / "conf" / name).read_bytes(), name
+
+
+def test_package_data_lists_decode_defaults():
+    tomllib = pytest.importorskip("tomllib")
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["asr"]
+    for name in DECODE_DEFAULTS:
+        assert any(fnmatch.fnmatch(f"conf/{name}", p) for p in patterns), name
+
+
+INSTALLED_CONFIG = """
+import argparse, json
+import asr
+from asr.config import to_dict
+from asr.decode import _config
+
+def cfg(decoder, sets=()):
+    return to_dict(_config(argparse.Namespace(conf=None, decoder=decoder, set=list(sets), lm=None, nbest=None)))
+
+print(json.dumps({"file": asr.__file__, "beam": cfg("beam"), "greedy": cfg("greedy"),
+                  "set": cfg("beam", ["beam=3"]), "none": cfg(None)}))
+"""
+
+
+def test_decode_defaults_come_from_the_installed_package(tmp_path):
+    """Like a wheel install: the package alone on the path, no repo conf/ beside it, run from elsewhere."""
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "asr", site / "asr", ignore=shutil.ignore_patterns("__pycache__"))
+    # Marked values, so the result shows which file was read (the real ones equal the dataclass defaults).
+    beam = site / "asr" / "conf" / "decode_beam.yaml"
+    beam.write_text(beam.read_text().replace("beam: 32", "beam: 7").replace("alpha: 0.5", "alpha: 0.75"))
+    greedy = site / "asr" / "conf" / "decode_greedy.yaml"
+    greedy.write_text(greedy.read_text().replace("nbest: 1", "nbest: 2"))
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    out = subprocess.run([sys.executable, "-c", INSTALLED_CONFIG], cwd=run, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert Path(got["file"]).parent == site / "asr"
+    assert (got["beam"]["decoder"], got["beam"]["beam"], got["beam"]["alpha"]) == ("beam", 7, 0.75)
+    assert (got["greedy"]["decoder"], got["greedy"]["nbest"]) == ("greedy", 2)
+    assert got["set"]["beam"] == 3 and got["set"]["alpha"] == 0.75  # --set applies on top of the defaults
+    assert got["none"] == got["beam"]  # no --decoder: the default decoder's defaults

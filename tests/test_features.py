@@ -349,3 +349,19 @@ def test_precomputed_features_are_left_as_they_are(tmp_path, capsys):
     assert cfg.kind == "precomputed" and cfg.raw_dim() is None
     y = FeaturePipeline(FeatureConfig(kind="precomputed", cmvn="utterance", delta_order=2))(read_scp(d)["a"])
     assert y.shape == (20, 39)
+
+
+def test_make_feats_refuses_a_dir_another_run_is_writing(tmp_path, capsys):
+    from asr.lock import hold
+
+    sf.write(tmp_path / "a.wav", (0.1 * np.sin(np.arange(8000) * 0.05)).astype(np.float32), 16000)
+    d = write_data_dir(tmp_path / "d", wav_scp={"a": str(tmp_path / "a.wav")}, utt2spk={"a": "s"}, text={"a": "X"})
+    with hold(d, "asr make-feats"):  # a separate open of .lock: refused like another process would be
+        assert main(["make-feats", str(d), "--no-progress"]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1
+        assert err[0].startswith(f"asr make-feats: error: {d}: another 'asr make-feats' (pid {os.getpid()}) is "
+                                 "writing here")
+        assert not (d / "feats.scp").exists() and not list(d.glob(".feats.ark*"))
+    assert main(["make-feats", str(d), "--no-progress"]) == 0
+    assert sorted(read_scp(d)) == ["a"] and not (d / ".lock").exists()

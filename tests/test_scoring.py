@@ -230,3 +230,50 @@ def test_real_corpus_transcripts(tmp_path):
     assert s["wer"]["errors"] == round(jiwer.wer(refs, hyps) * sum(len(r.split()) for r in refs))
     assert s["wer"]["ins"] == s["wer"]["sub"] == 0 and len(s["missing"]) == 1
     assert len(s["per_spk"]) == len(set((data / "utt2spk").read_text().split()[1::2])) + 1
+
+
+@pytest.fixture
+def jiwer3(monkeypatch):
+    """Make jiwer behave like 3.x, which raises on an empty reference (4.x accepts one)."""
+    for name in ("process_words", "process_characters"):
+        real = getattr(jiwer, name)
+
+        def strict(reference, hypothesis, *args, _real=real, **kwargs):
+            refs = [reference] if isinstance(reference, str) else reference
+            if any(not r.strip() for r in refs):
+                raise ValueError("one or more references are empty strings")
+            return _real(reference, hypothesis, *args, **kwargs)
+
+        monkeypatch.setattr(jiwer, name, strict)
+
+
+def test_empty_reference_is_all_insertions_with_jiwer_3(jiwer3):
+    r = score({"a": "", "b": "", "c": "x y", "d": "p q"}, {"a": "x y", "b": "", "c": "", "d": "p z"})
+    by = {u.utt: u for u in r.utts}
+    assert (by["a"].ins, by["a"].errors, by["a"].ref_chars, by["a"].char_errors) == (2, 2, 0, 3)
+    assert by["a"].ops == [("***", "x", "I"), ("***", "y", "I")]
+    assert (by["b"].errors, by["b"].ops, by["b"].char_errors) == (0, [], 0)
+    assert (by["c"].dels, by["c"].errors, by["c"].ref_chars, by["c"].char_errors) == (2, 2, 3, 3)
+    assert (by["d"].sub, by["d"].errors, by["d"].char_errors) == (1, 1, 1)
+    t = r.totals()
+    assert (t["words"], t["errors"], t["ins"], t["del"], t["sub"], t["sentence_errors"]) == (4, 5, 2, 2, 1, 3)
+    assert (t["chars"], t["char_errors"]) == (6, 7)
+    assert score({"a": ""}, {"a": ""}).totals()["errors"] == 0  # no pair left for jiwer at all
+
+
+def test_ignore_noise_empties_a_reference(tmp_path, jiwer3):
+    (tmp_path / "ref").write_text("u1 a b c\nu2 [NOISE] <unk>\nu3 <unk>\nu4 [laughter] d e\n")
+    (tmp_path / "hyp").write_text("u1 a x c\nu2 uh huh\nu3\nu4 d\n")
+    r = score_files(tmp_path / "ref", tmp_path / "hyp", Normaliser(ignore_noise=True))
+    assert [u.ref for u in r.utts] == [["a", "b", "c"], [], [], ["d", "e"]]
+    # u1: 1 sub; u2: "uh huh" inserted (2 words, 6 chars); u3: nothing either side; u4: "e" deleted (" e": 2 chars)
+    t = r.totals()
+    assert (t["words"], t["errors"], t["ins"], t["del"], t["sub"]) == (5, 4, 2, 1, 1)
+    assert (t["chars"], t["char_errors"]) == (8, 1 + 6 + 0 + 2)
+    assert main(["score", str(tmp_path / "ref"), str(tmp_path / "hyp"), "--ignore-noise", "--bootstrap", "20",
+                 "-o", str(tmp_path / "out")]) == 0
+    wer = (tmp_path / "out" / "wer").read_text()
+    assert wer.startswith("%WER 80.00 [ 4 / 5, 2 ins, 1 del, 1 sub ]\n%SER 75.00 [ 3 / 4 ]\n")
+    assert (tmp_path / "out" / "cer").read_text().startswith("%CER 112.50 [ 9 / 8 ]\n")
+    errs = (tmp_path / "out" / "errs.txt").read_text()
+    assert "u2 #csid 0 0 2 0" in errs and "u3 #csid 0 0 0 0" in errs

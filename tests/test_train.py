@@ -153,7 +153,7 @@ def test_resume_gives_identical_weights(
         assert not (exp / "final.pt").exists()
     out = train(train_dir, dev_dir, lang, exp, cfg)
     assert (exp / "train.log").read_text().count("resuming") == len(kills)
-    a, b = torch.load(ref, weights_only=False)["model"], torch.load(out, weights_only=False)["model"]
+    a, b = torch.load(ref, weights_only=True)["model"], torch.load(out, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _metrics(tmp_path / "ref")]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _metrics(exp)]
@@ -260,5 +260,5 @@ def test_non_finite_loss_skips_the_step(tmp_path: Path) -> None:
     exp = tmp_path / "exp"
     train(d, d, lang, exp, _cfg(*TINY, "max_epochs=2", "frames_per_batch=50"))
     assert "non-finite loss" in (exp / "train.log").read_text()
-    state = torch.load(exp / "final.pt", weights_only=False)["model"]
+    state = torch.load(exp / "final.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values())

@@ -14,11 +14,12 @@ import torch
 from trainutil import lang_dir, yesno_dir
 
 from asr.cli import main
+from asr.decoders import Hypothesis
 from asr.export import export
 from asr.models import ModelConfig
 from asr.schedule import ScheduleConfig
 from asr.train import OptimConfig, TrainConfig, train
-from asr.transcribe import AudioSource, Transcriber, format_srt
+from asr.transcribe import AudioSource, Transcriber, format_ctm, format_srt, token_frames, words_with_times
 
 
 def yesno_text(path: Path) -> str:
@@ -145,3 +146,97 @@ def test_cli_formats_inputs_and_bad_files(model_dir, yesno_files, tmp_path, caps
     assert main(["transcribe", str(model_dir), "-"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("- ") and len(line.split()) == 9
+
+
+# ---------------------------------------------------------------------- hand-built posteriors
+SYMBOLS = ["<blk>", "<unk>", "<space>", "E", "N", "O", "S", "T", "Y"]
+TINY_RATE, TINY_HOP = 8000, 240  # 10 ms shift x subsample 3 at 8 kHz: one output frame is 30 ms
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """An untrained 1x8 BiLSTM (8 kHz, 3-frame stacking and subsampling); tests supply its posteriors."""
+    from asr.config import dump, to_dict
+    from asr.features import FeatureConfig
+    from asr.models import build_model
+
+    out = tmp_path_factory.mktemp("tiny")
+    dump(FeatureConfig(sample_rate=TINY_RATE, num_mel_bins=23, cmvn="none", stack=3, subsample=3), out / "feats.yaml")
+    (out / "tokens.txt").write_text("".join(f"{s} {i}\n" for i, s in enumerate(SYMBOLS)))
+    cfg = ModelConfig(num_layers=1, hidden=8, dropout=0.0)
+    model = build_model(cfg, 69, len(SYMBOLS))
+    args = {"config": to_dict(cfg), "input_dim": 69, "vocab_size": len(SYMBOLS)}
+    torch.save({"model": model.state_dict(), "model_args": args}, out / "final.pt")
+    return out
+
+
+def frames(*spec: str | dict[str, float]) -> torch.Tensor:
+    """Log-probs ``(T, V)``: a symbol ("-" is blank) gets 0.9 on its frame, a dict gives several; the
+    rest of each frame's mass is spread evenly over the other symbols."""
+    rows = []
+    for s in spec:
+        want = {s: 0.9} if isinstance(s, str) else s
+        want = {SYMBOLS[0] if k == "-" else k: p for k, p in want.items()}
+        rest = (1 - sum(want.values())) / (len(SYMBOLS) - len(want))
+        rows.append([want.get(sym, rest) for sym in SYMBOLS])
+    return torch.tensor(rows).log()
+
+
+def silence(path: Path, seconds: float) -> Path:
+    sf.write(path, np.zeros(int(seconds * TINY_RATE), dtype=np.float32), TINY_RATE)
+    return path
+
+
+def test_lm_without_decoder_means_beam_search_with_that_lm(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    # Greedy reads NOT (T beats blank 0.55 : 0.44 on the last frame); an LM knowing NO and YES only
+    # makes NOT an out-of-vocabulary word, so beam search with it must say NO.
+    lp = frames("-", "N", "O", {"T": 0.55, "-": 0.44}, "-")
+    monkeypatch.setattr(Transcriber, "_log_probs", lambda self, wave: lp)
+    wav = silence(tmp_path / "a.wav", 1.0)
+    lm = tmp_path / "lm.arpa"
+    # A bigram with tab-separated fields: KenLM, used when installed, refuses anything less.
+    grams1 = ["-0.5\t</s>", "-99\t<s>\t0", "-0.5\tNO\t0", "-0.5\tYES\t0", "-2\t<unk>"]
+    grams2 = ["-0.3\t<s> NO", "-0.3\t<s> YES"]
+    lm.write_text(
+        "\\data\\\nngram 1=5\nngram 2=2\n\n\\1-grams:\n" + "\n".join(grams1)
+        + "\n\n\\2-grams:\n" + "\n".join(grams2) + "\n\n\\end\\\n"
+    )
+    assert main(["transcribe", str(tiny_model_dir), str(wav)]) == 0
+    assert capsys.readouterr().out == f"{wav} NOT\n"
+    assert main(["transcribe", str(tiny_model_dir), str(wav), "--decoder", "beam"]) == 0
+    assert capsys.readouterr().out == f"{wav} NOT\n"
+    assert main(["transcribe", str(tiny_model_dir), str(wav), "--lm", str(lm)]) == 0
+    assert capsys.readouterr().out == f"{wav} NO\n"
+
+    assert main(["transcribe", str(tiny_model_dir), str(wav), "--decoder", "greedy", "--lm", str(lm)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "asr transcribe: error: --lm needs the beam decoder (--decoder beam)\n"
+
+
+def test_word_times_span_whole_output_frames_of_each_token(tiny_model_dir, tmp_path, monkeypatch):
+    # YES: Y on frame 2, E on 3, S emitted on 5 and repeated on 6 and 7; a <space>; NO: N on 11-12, O on 13.
+    lp = frames("-", "-", "Y", "E", "-", "S", "S", "S", "-", "<space>", "-", "N", "N", "O", "-", "-")
+    monkeypatch.setattr(Transcriber, "_log_probs", lambda self, wave: lp)
+    tr = Transcriber(tiny_model_dir, progress=False)
+    assert tr.hop == TINY_HOP
+    t = tr.transcribe_file(silence(tmp_path / "a.wav", 1.0))
+    frame = TINY_HOP / TINY_RATE
+    assert [(w.word, w.start, w.end) for w in t.words] == [
+        ("YES", round(2 * frame, 3), round(8 * frame, 3)),  # 0.06 .. 0.24: S's run ends with frame 7
+        ("NO", round(11 * frame, 3), round(14 * frame, 3)),  # 0.33 .. 0.42
+    ]
+    assert format_ctm(t).splitlines()[0] == f"{tmp_path / 'a.wav'} 1 0.060 0.180 YES 0.9000"
+    # Posteriors may run past the audio by a part of a frame: the last word ends with the audio.
+    short = tr.transcribe_file(silence(tmp_path / "b.wav", 0.4))
+    assert short.words[-1].end == 0.4
+
+
+def test_token_frames_of_a_beam_spike_inside_a_run():
+    # The beam decoder may name a frame inside a token's run; the span still covers the whole run
+    # but stops where the neighbouring token's run begins.
+    lp = frames("-", "N", "N", "N", "O", "O", "-")
+    hyp = Hypothesis([SYMBOLS.index("N"), SYMBOLS.index("O")], ["NO"], 0.0, [2, 4])
+    assert token_frames(hyp, lp) == [(1, 3), (4, 5)]
+    words = words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=13, offset=100)
+    assert [(w.word, w.start, w.end) for w in words] == [("NO", 3.03, 3.18)]

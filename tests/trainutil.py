@@ -46,7 +46,7 @@ def featurise(data: Path, **feats) -> Path:
     cfg = FeatureConfig(**{"num_mel_bins": 23, **feats})
     make_feats(data, cfg, progress=False)
     if cfg.cmvn in ("global", "speaker"):
-        compute_cmvn(data)
+        compute_cmvn(data, per_speaker=cfg.cmvn == "speaker")
     return data
 
 

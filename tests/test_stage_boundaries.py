@@ -1,0 +1,218 @@
+"""Options that cross a stage boundary behave the same on both sides: train -> model dir -> decode/transcribe.
+
+Each test here failed on an earlier main where the two sides disagreed silently (issue 11): CMVN
+computed one way in training and another in decoding, decoding that read the reference, ``average:
+none``, SpecAugment after stacking, checkpoints that could run code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA
+from trainutil import fsdd_dir, lang_dir
+
+from asr.audio import read_audio
+from asr.cli import main
+from asr.cmvn import Cmvn, apply_cmvn, utterance_cmvn
+from asr.config import apply_overrides, from_dict, read_yaml
+from asr.dataset import FeatsDataset
+from asr.decode import decode_dir, log_probs_of
+from asr.decoders import DecodeConfig
+from asr.errors import AsrError
+from asr.features import FeatureConfig, FeaturePipeline, compute_features, stack_frames
+from asr.modeldir import ModelDir, choose_epochs
+from asr.train import TrainConfig, train
+
+TINY = ["model.num_layers=1", "model.hidden=16", "frames_per_batch=400", "seed=3", "schedule.name=none"]
+
+
+def _cfg(*overrides: str) -> TrainConfig:
+    return from_dict(TrainConfig, apply_overrides({}, [*TINY, *overrides]))
+
+
+@pytest.fixture(scope="module")
+def speaker_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A model trained with per-speaker CMVN on two FSDD speakers, and a test dir of two other speakers."""
+    if not (SHARED_DATA / "fsdd").is_dir():
+        pytest.skip(f"FSDD not found under {SHARED_DATA}")
+    tmp = tmp_path_factory.mktemp("spk")
+    feats = dict(cmvn="speaker", stack=2, subsample=2)
+    train_dir = fsdd_dir(SHARED_DATA, tmp / "train", ["george", "jackson"], [5], **feats)
+    test_dir = fsdd_dir(SHARED_DATA, tmp / "test", ["theo", "nicolas"], [7], digits=[1, 2, 3], **feats)
+    lang = lang_dir(train_dir, tmp / "lang")
+    exp = tmp / "exp"
+    train(train_dir, train_dir, lang, exp, _cfg("max_epochs=1", "average=last", "average_n=1"))
+    return exp, test_dir, train_dir
+
+
+def test_speaker_cmvn_decodes_with_the_test_sets_own_speaker_stats(speaker_model) -> None:
+    exp, test_dir, train_dir = speaker_model
+    assert read_yaml(exp / "feats.yaml")["cmvn"] == "speaker"  # the model dir records its normalisation
+    md = ModelDir.load(exp)
+    own = Cmvn.load(test_dir, per_speaker=True)
+    ds = FeatsDataset(test_dir, md.tokens, pipeline=None, need_text=False)
+    names, lp, lens, failed = next(log_probs_of(md, test_dir, None, batch_size=100))
+    assert failed == 0 and names == ds.utts
+    expected = [
+        stack_frames(apply_cmvn(torch.from_numpy(np.array(ds._read(u))), own.speaker_stats[ds.utt2spk[u]]), 2, 2)
+        for u in names
+    ]
+    want_lp, want_lens = md.log_probs(expected)
+    assert torch.equal(lens, want_lens)
+    torch.testing.assert_close(lp, want_lp)
+    # ... and not with the training set's global stats, which is what decoding did before.
+    glob = Cmvn.load(train_dir).global_stats
+    wrong = [stack_frames(apply_cmvn(torch.from_numpy(np.array(ds._read(u))), glob), 2, 2) for u in names]
+    assert not torch.allclose(md.log_probs(wrong)[0], lp, atol=1e-3)
+
+
+def test_speaker_cmvn_without_cmvn_scp_is_one_clear_error(speaker_model, tmp_path, capsys) -> None:
+    exp, test_dir, _ = speaker_model
+    bare = tmp_path / "test"
+    shutil.copytree(test_dir, bare)
+    (bare / "cmvn.scp").unlink()
+    assert main(["decode", str(exp), str(bare), "--decoder", "greedy", "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cmvn.scp" in err and "--per-speaker" in err, err
+    assert not (tmp_path / "out" / "text").exists()
+
+
+def test_speaker_cmvn_transcribe_of_a_loose_file_uses_the_utterances_own_stats(speaker_model) -> None:
+    exp, _, _ = speaker_model
+    md = ModelDir.load(exp)
+    wave = read_audio(str(SHARED_DATA / "fsdd" / "recordings" / "4_yweweler_9.wav"), 8000)
+    raw = compute_features(wave, md.feature_config)
+    assert torch.equal(md.features(wave), stack_frames(utterance_cmvn(raw), 2, 2))
+
+
+def test_decoding_never_reads_the_reference(speaker_model, tmp_path) -> None:
+    exp, test_dir, _ = speaker_model
+    d = tmp_path / "test"
+    shutil.copytree(test_dir, d)
+    utts = (d / "utt2spk").read_text().split("\n")
+    first = utts[0].split()[0]
+    # A reference far too long for its frames (it used to drop the utterance, scored as deletions) ...
+    lines = (d / "text").read_text().splitlines()
+    lines[0] = f"{first} " + " ".join(["SEVEN"] * 200)
+    (d / "text").write_text("\n".join(lines) + "\n")
+    with_text, _ = decode_dir(exp, d, DecodeConfig(decoder="greedy"), tmp_path / "a")
+    # ... and no reference at all, or an unreadable one, give the same hypotheses.
+    (d / "text").write_bytes(b"\xff\xfe not utf-8\n")
+    broken, _ = decode_dir(exp, d, DecodeConfig(decoder="greedy"), tmp_path / "b")
+    (d / "text").unlink()
+    without, _ = decode_dir(exp, d, DecodeConfig(decoder="greedy"), tmp_path / "c")
+    assert first in with_text and len(with_text) == len(test_dir.joinpath("utt2spk").read_text().splitlines())
+    assert with_text == broken == without
+    assert (tmp_path / "a" / "text").read_text() == (tmp_path / "c" / "text").read_text()
+
+
+def test_average_none_takes_the_last_epoch(tmp_path) -> None:
+    history = [{"epoch": e, "dev_cer": c, "dev_loss": c} for e, c in [(1, 50.0), (2, 10.0), (3, 30.0)]]
+    assert choose_epochs(history, "none", 3, "dev_cer") == [3]
+    assert choose_epochs(history, "last", 2, "dev_cer") == [2, 3]
+    assert choose_epochs(history, "best", 2, "dev_cer") == [2, 3]
+    assert choose_epochs(history, "best", 1, "dev_loss") == [2]
+    if not (SHARED_DATA / "fsdd").is_dir():
+        pytest.skip(f"FSDD not found under {SHARED_DATA}")
+    data = fsdd_dir(SHARED_DATA, tmp_path / "data", ["george"], [5], stack=3, subsample=3)
+    lang = lang_dir(data, tmp_path / "lang")
+    exp = tmp_path / "exp"
+    train(data, data, lang, exp, _cfg("max_epochs=2", "average=none"))
+    final = torch.load(exp / "final.pt", weights_only=True)
+    last = torch.load(exp / "epoch-2.pt", weights_only=True)["model"]
+    first = torch.load(exp / "epoch-1.pt", weights_only=True)["model"]
+    assert final["averaged_epochs"] == [2]
+    assert all(torch.equal(final["model"][k], last[k]) for k in last)
+    assert not all(torch.equal(final["model"][k], first[k]) for k in first)
+
+
+def test_specaugment_masks_bins_before_stacking() -> None:
+    cfg = FeatureConfig(kind="precomputed", cmvn="none", stack=3, subsample=3)
+    x = torch.randn(30, 8) + 5.0
+
+    def mask_bins_2_to_4(f: torch.Tensor) -> torch.Tensor:
+        assert f.shape == (30, 8)  # sees input frames and stored bins, not stacked ones
+        f = f.clone()
+        f[:, 2:5] = 0.0
+        f[6:9] = 0.0  # three input frames = exactly one output frame
+        return f
+
+    y = FeaturePipeline(cfg)(x, augment=mask_bins_2_to_4).reshape(10, 3, 8)
+    assert (y[:, :, 2:5] == 0).all()  # the same mel bins in every stacked sub-frame
+    others = [j for j in range(10) if j != 2]
+    assert (y[others][:, :, [0, 1, 5, 6, 7]] != 0).all()
+    assert (y[2] == 0).all()  # the three masked input frames are one whole output frame
+
+
+def test_train_applies_specaugment_to_unstacked_frames(tmp_path, monkeypatch) -> None:
+    import asr.train
+
+    if not (SHARED_DATA / "fsdd").is_dir():
+        pytest.skip(f"FSDD not found under {SHARED_DATA}")
+    data = fsdd_dir(SHARED_DATA, tmp_path / "data", ["george"], [5], stack=3, subsample=3)
+    lang = lang_dir(data, tmp_path / "lang")
+    frames = dict(line.split() for line in (data / "utt2num_frames").read_text().splitlines())
+    seen: list[tuple[int, int]] = []
+    real = asr.train.spec_augment
+
+    def spy(x, lengths=None, cfg=None, generator=None):
+        seen.append(tuple(x.shape))
+        return real(x, lengths, cfg, generator)
+
+    monkeypatch.setattr(asr.train, "spec_augment", spy)
+    conf = [str(ROOT / "conf" / "blstm_debug.yaml"), str(ROOT / "conf" / "specaug.yaml")]
+    cfg = asr.train.load_train_config(conf, [*TINY, "max_epochs=1", "specaug_opts.freq_width=5"])
+    train(data, data, lang, tmp_path / "exp", cfg)
+    assert len(seen) == len(frames)  # once per training utterance, none for dev
+    assert {d for _, d in seen} == {23}  # the stored 23 mel bins, not 3 x 23 stacked
+    assert sorted(n for n, _ in seen) == sorted(int(n) for n in frames.values())  # input frames
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['ASR_EVIL_MARKER']}",))
+
+
+def test_a_malicious_checkpoint_is_refused_in_one_line(speaker_model, tmp_path, monkeypatch, capsys) -> None:
+    exp, test_dir, _ = speaker_model
+    bad = tmp_path / "exp"
+    shutil.copytree(exp, bad)
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("ASR_EVIL_MARKER", str(marker))
+    ckpt = torch.load(bad / "final.pt", weights_only=True)
+    ckpt["payload"] = _Evil()
+    torch.save(ckpt, bad / "final.pt")
+    with pytest.raises(AsrError, match="refused"):
+        ModelDir.load(bad)
+    assert main(["decode", str(bad), str(test_dir), "--decoder", "greedy", "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "final.pt" in err and "refused" in err, err
+    assert not marker.exists()
+
+
+def test_a_second_writer_of_a_model_or_data_dir_is_refused(tmp_path, capsys) -> None:
+    from asr.lock import hold
+
+    if not (SHARED_DATA / "fsdd").is_dir():
+        pytest.skip(f"FSDD not found under {SHARED_DATA}")
+    data = fsdd_dir(SHARED_DATA, tmp_path / "data", ["george"], [5], digits=[1, 2])
+    lang = lang_dir(data, tmp_path / "lang")
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    sets = [x for s in [*TINY, "max_epochs=1"] for x in ("--set", s)]
+    with hold(exp, "asr train"):  # as if another 'asr train' were running on exp
+        assert main(["train", str(data), str(data), str(lang), str(exp), *sets]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"another 'asr train' (pid {os.getpid()})" in err, err
+        assert not (exp / "config.yaml").exists()
+    with hold(data, "asr make-feats"):
+        assert main(["compute-cmvn", str(data)]) == 1
+        assert "another 'asr make-feats'" in capsys.readouterr().err
+    assert main(["train", str(data), str(data), str(lang), str(exp), *sets]) == 0
+    assert (exp / "final.pt").is_file() and not (exp / ".lock").exists()
