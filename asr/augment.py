@@ -4,9 +4,14 @@
   "SpecAugment", Interspeech 2019) on ``(T, D)`` or ``(B, T, D)`` features, applied after CMVN (masked
   values are set to ``cfg.fill``, 0 = the normalised mean). Padding frames beyond ``lengths`` are never
   touched, so a padded batch gives the same result per utterance as it would alone (given the same draws).
+* ``freq_warp(x, alpha)``: VTLP-style frequency warping (Jaitly & Hinton, "Vocal Tract Length
+  Perturbation (VTLP) improves speech recognition", 2013) of ``(..., D)`` log-mel frames along the bin
+  axis; ``augment_frames`` draws alpha per utterance and then runs SpecAugment (the training hook).
 * ``asr perturb-speed SRC DST --factor F``: a copy of a data dir whose audio is played F times faster
   (tempo and pitch change together, like sox ``speed``; Kaldi's ``perturb_data_dir_speed.sh``), with
   utterance, speaker and recording ids prefixed ``sp{F}-`` and segment times divided by F.
+
+Additive noise is in :mod:`asr.noise`, speed perturbation of stored features in :mod:`asr.perturb_feats`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from asr.atomic import atomic_path
 from asr.audio import load_wav_scp_entry
 from asr.datadir import DataDir, Segment, write_data_dir
 from asr.errors import AsrError
+from asr.features import FeatureConfig
+from asr.lock import hold
 from asr.make_feats import check_audio_dir
 
 log = logging.getLogger(__name__)
@@ -132,6 +139,107 @@ def spec_augment(
     return out[0] if single else out
 
 
+# ---------------------------------------------------------------- VTLP
+
+
+@dataclass
+class VtlpConfig:
+    """Per-utterance warp factor alpha, uniform in ``[low, high]``; ``boundary_ratio`` is the knee.
+
+    Jaitly & Hinton put the knee at 4800 Hz of an 8 kHz band, which on the mel scale (20 Hz to 8 kHz)
+    is 0.8 of the bin axis: hence the default.
+    """
+
+    enabled: bool = False
+    low: float = 0.9
+    high: float = 1.1
+    boundary_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.low <= self.high:
+            raise ValueError(f"VTLP needs 0 < low <= high, got low={self.low} high={self.high}")
+        if not 0.0 < self.boundary_ratio < 1.0:
+            raise ValueError(f"boundary_ratio must be in (0, 1), got {self.boundary_ratio}")
+
+
+def vtlp_first_bin(feature_cfg: FeatureConfig) -> int:
+    """Index of the first mel bin of features made with ``feature_cfg``: 1 with ``use_energy`` (Kaldi
+    puts log energy first, and energy has no frequency to warp), else 0.
+
+    Raises AsrError for MFCC or precomputed features: cepstra are not bins on a frequency axis, and
+    precomputed features say nothing about what they are, so warping them would be silent noise.
+    """
+    if feature_cfg.kind != "fbank":
+        raise AsrError(
+            f"VTLP warps log-mel filterbank bins; these features are kind: {feature_cfg.kind} "
+            "(make fbank features, or turn vtlp off)"
+        )
+    return int(feature_cfg.use_energy)
+
+
+def warp_sources(num_bins: int, alpha: float, boundary_ratio: float = 0.8) -> torch.Tensor:
+    """Where each output bin reads from: ``(num_bins,)`` float64 positions in ``[0, num_bins - 1]``.
+
+    The forward warp (Jaitly & Hinton eq. 1, on bin positions with top ``T = num_bins - 1`` and knee
+    ``b = boundary_ratio * T``) is ``w(f) = alpha * f`` up to ``f0 = b * min(alpha, 1) / alpha``, then the
+    straight line from ``(f0, alpha * f0)`` to ``(T, T)``. Output bin j takes the input at ``w^-1(j)``, so
+    alpha > 1 moves spectral content up (a shorter vocal tract) and both ends of the axis stay put.
+    """
+    top = float(num_bins - 1)
+    j = torch.arange(num_bins, dtype=torch.float64)
+    if num_bins < 2 or alpha == 1.0:
+        return j
+    knee_in = boundary_ratio * top * min(alpha, 1.0) / alpha
+    knee_out = knee_in * alpha
+    upper = top - (top - knee_in) / (top - knee_out) * (top - j)
+    return torch.where(j <= knee_out, j / alpha, upper).clamp_(0.0, top)
+
+
+def freq_warp(x: torch.Tensor, alpha: float, boundary: float = 0.8, first_bin: int = 0) -> torch.Tensor:
+    """VTLP-warp log-mel frames ``x`` (..., D), e.g. (N, D), along the last axis; returns the same shape.
+
+    Bins ``first_bin..D-1`` are resampled by linear interpolation at :func:`warp_sources` positions
+    (``boundary`` is the knee as a share of the bin axis); bins before ``first_bin`` (log energy) are
+    kept. For fbank features only (see :func:`vtlp_first_bin`). ``alpha == 1`` returns ``x`` itself.
+
+    Jaitly & Hinton warp the linear spectrum before the mel filters; warping the (normalised) log-mel
+    bins instead works on stored features at load time, at the cost of ignoring the filters' overlap.
+    """
+    if alpha <= 0:
+        raise ValueError(f"warp factor must be > 0, got {alpha}")
+    d = x.shape[-1] - first_bin
+    if alpha == 1.0 or d < 2:
+        return x
+    pos = warp_sources(d, alpha, boundary)
+    lo = pos.floor().long().clamp_(max=d - 2)
+    frac = (pos - lo).to(x.dtype)
+    bins = x[..., first_bin:]
+    warped = bins[..., lo] * (1 - frac) + bins[..., lo + 1] * frac
+    return torch.cat([x[..., :first_bin], warped], dim=-1)
+
+
+def augment_frames(
+    x: torch.Tensor,
+    specaug_cfg: SpecAugConfig | None = None,
+    vtlp_cfg: VtlpConfig | None = None,
+    generator: torch.Generator | None = None,
+    first_bin: int = 0,
+) -> torch.Tensor:
+    """Training-time augmentation of one utterance's normalised frames ``x`` (N, D) -> (N, D).
+
+    VTLP (when ``vtlp_cfg`` is given and enabled; alpha uniform in ``[low, high]``) and then SpecAugment
+    (when ``specaug_cfg`` is given), so masks are not smeared by the warp. Every draw comes from
+    ``generator`` or, when None, the global torch RNG, which training checkpoints save and restore.
+    ``first_bin``: from :func:`vtlp_first_bin`.
+    """
+    if vtlp_cfg is not None and vtlp_cfg.enabled:
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        x = freq_warp(x, vtlp_cfg.low + (vtlp_cfg.high - vtlp_cfg.low) * u, vtlp_cfg.boundary_ratio, first_bin)
+    if specaug_cfg is not None:
+        x = spec_augment(x, cfg=specaug_cfg, generator=generator)
+    return x
+
+
 # ---------------------------------------------------------------- speed perturbation
 
 # Realisation: the perturbed audio is resampled once and written as 16-bit FLAC under DST/wav/, and
@@ -163,12 +271,18 @@ def _perturb_one(job: tuple[str, str, str, float, int]) -> tuple[str, str | None
         wave = perturb_wave(load_wav_scp_entry(value, rate, name=reco), factor, rate)
     except AsrError as e:
         return reco, str(e)
-    with atomic_path(out) as tmp:
-        sf.write(tmp, np.clip(wave.numpy(), -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
+    write_flac(out, wave, rate)
     return reco, None
 
 
-def _init_worker() -> None:
+def write_flac(path: str | os.PathLike, wave: torch.Tensor, rate: int) -> None:
+    """Write ``wave`` (T,) in [-1, 1] atomically as 16-bit FLAC (see the realisation note above)."""
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(wave.numpy(), -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
+
+
+def init_worker() -> None:
+    """Pool initializer of the data-dir jobs: one torch thread per process, ``--nj`` is the parallelism."""
     torch.set_num_threads(1)
 
 
@@ -193,6 +307,14 @@ def perturb_speed(
     dst = Path(dst)
     if dst.resolve() == data.path.resolve():
         raise AsrError(f"{dst}: destination must differ from the source")
+    dst.mkdir(parents=True, exist_ok=True)
+    with hold(dst, "asr perturb-speed"):
+        return _write_speed_copy(data, dst, factor, sample_rate, nj, progress)
+
+
+def _write_speed_copy(
+    data: DataDir, dst: Path, factor: float, sample_rate: int, nj: int, progress: bool
+) -> tuple[Path, list[str]]:
     pre = speed_prefix(factor)
     bad: list[str] = []
     if factor == 1.0:
@@ -202,7 +324,7 @@ def perturb_speed(
         wav_dir.mkdir(parents=True, exist_ok=True)
         jobs = [(r, v, str(wav_dir / f"{pre}{r}.flac"), factor, sample_rate) for r, v in data.wav_scp.items()]
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(nj, initializer=_init_worker) if nj > 1 else None
+        pool = ctx.Pool(nj, initializer=init_worker) if nj > 1 else None
         results = pool.imap_unordered(_perturb_one, jobs, chunksize=4) if pool else map(_perturb_one, jobs)
         wav_scp = {}
         try:

@@ -77,6 +77,7 @@ class FeatsDataset(Dataset):
         pipeline: Any | None = None,
         need_text: bool = True,
         max_unk_fraction: float = 0.05,
+        output_length: Callable[[int], int] | None = None,
     ):
         self.data_dir = Path(data_dir)
         data = DataDir.load(self.data_dir, read_text=need_text)
@@ -117,8 +118,10 @@ class FeatsDataset(Dataset):
             ids = tokens.encode(texts[u]) if need_text else []
             y = torch.tensor(ids, dtype=torch.long)
             need = int(required_frames(y.unsqueeze(0), torch.tensor([len(ids)]))[0]) if ids else 0
-            if length < max(need, 1):
-                dropped.append((u, length, need))
+            # The model may subsample further (conv front-end): CTC needs the frames it outputs.
+            out = output_length(length) if output_length is not None else length
+            if out < max(need, 1):
+                dropped.append((u, out, need))
                 continue
             utts.append(u)
             lengths.append(length)

@@ -116,8 +116,9 @@ def _posteriors(md, utt: str, lp: torch.Tensor, hyp: str) -> dict:
     import numpy as np
 
     cfg = md.feature_config
+    shift = cfg.frame_shift_ms / 1000 * cfg.subsample * md.model.time_reduction  # seconds per output frame
     return {"log_probs": lp.numpy().astype(np.float32), "tokens": np.array(md.tokens.symbols), "utt": np.array(utt),
-            "hyp": np.array(hyp), "frame_shift": np.array(cfg.frame_shift_ms / 1000 * cfg.subsample)}
+            "hyp": np.array(hyp), "frame_shift": np.array(shift)}
 
 
 def decode_dir(
@@ -192,8 +193,11 @@ def _config(args: argparse.Namespace) -> DecodeConfig:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
+    from asr.tune_lm import apply_tuned, explicit_keys, named_decoder
+
     exp_dir, data_dir = Path(args.exp_dir), Path(args.data_dir)
     cfg = _config(args)
+    cfg = apply_tuned(cfg, exp_dir, explicit_keys(args.set), bool(args.lm), named_decoder(args, cfg))
     out_dir = Path(args.out) if args.out else exp_dir / f"decode_{data_dir.name}_{args.tag or cfg.decoder}"
     t0 = time.time()
     result, failed = decode_dir(exp_dir, data_dir, cfg, out_dir, args.checkpoint, args.nj, args.batch_size)
@@ -204,49 +208,6 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         time.time() - t0,
         f"; {failed} could not be read (see warnings)" if failed else "",
     )
-    return 0
-
-
-def _cmd_tune_lm(args: argparse.Namespace) -> int:
-    from asr.datadir import DataDir
-    from asr.decoders.beam import BeamSearchDecoder
-    from asr.decoders.lm import load_lm
-    from asr.modeldir import ModelDir
-    from asr.scoring import score
-
-    exp_dir, data_dir = Path(args.exp_dir), Path(args.data_dir)
-    args.decoder, args.nbest = "beam", None
-    cfg = _config(args)
-    if not cfg.lm:
-        raise AsrError("tune-lm needs --lm (or lm: in --conf)")
-    data = DataDir.load(data_dir)
-    if not data.text:
-        raise AsrError(f"{data_dir}/text: needed to tune on")
-    md = ModelDir.load(exp_dir, args.checkpoint)
-    batches = [(n, lp, lens) for n, lp, lens, _ in log_probs_of(md, data_dir, None, args.batch_size) if n]
-    lm = load_lm(cfg.lm)
-    rows = []
-    for alpha in args.alpha:
-        for beta in args.beta:
-            cfg.alpha, cfg.beta = alpha, beta
-            dec = BeamSearchDecoder(md.tokens.symbols, cfg, lm=lm)
-            hyp = {}
-            for names, lp, lens in batches:
-                for u, h in zip(names, dec.decode(lp, lens), strict=True):
-                    hyp[u] = " ".join(h[0].words)
-            res = score(data.text, hyp)
-            wer = 100.0 * res.totals()["errors"] / max(res.ref_words, 1)
-            rows.append((wer, alpha, beta))
-            log.info("alpha %.3g beta %.3g: WER %.2f %%", alpha, beta, wer)
-    wer, alpha, beta = min(rows)
-    out_dir = Path(args.out) if args.out else exp_dir / f"tune_lm_{data_dir.name}"
-    with atomic_open(out_dir / "results.tsv", "w") as f:
-        f.write("alpha\tbeta\twer\n")
-        for w, a, b in rows:
-            f.write(f"{a}\t{b}\t{w:.2f}\n")
-    cfg.alpha, cfg.beta = alpha, beta
-    dump(cfg, out_dir / "best.yaml")
-    print(f"best: alpha {alpha} beta {beta} WER {wer:.2f} % (written to {out_dir}/best.yaml)")
     return 0
 
 
@@ -270,8 +231,3 @@ def register(subparsers) -> None:
     p.add_argument("--nj", type=int, default=1, help="parallel processes")
     p.add_argument("--tag", help="output dir suffix instead of the decoder name: decode_<set>_<tag>")
     p.set_defaults(func=_cmd_decode)
-    p = subparsers.add_parser("tune-lm", help="grid-search LM weight alpha and word bonus beta on a dev set")
-    _common(p)
-    p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5])
-    p.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
-    p.set_defaults(func=_cmd_tune_lm)

@@ -2,7 +2,9 @@
 
 The exported network takes padded input and is exact for any batch, like the encoder itself: each
 direction of each layer is a separate unidirectional RNN, and the backward one reads every
-utterance reversed *within its own length*, so padding only ever follows the valid frames.
+utterance reversed *within its own length*, so padding only ever follows the valid frames. A
+convolutional front-end zeroes the padded frames before and after each convolution, so it too
+gives every utterance of a batch what it gives it alone.
 """
 
 from __future__ import annotations
@@ -59,8 +61,19 @@ class BiLayer(nn.Module):
         return self.proj(torch.cat([y, reverse_padded(r, lengths)], dim=2))
 
 
+class NoFrontend(nn.Module):
+    """Stands in for an absent front-end (TorchScript compiles a module attribute, not ``None`` checks)."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, lengths
+
+
 class PaddedCTC(nn.Module):
-    """``CTCModel`` for export: ``(x (B, T, D), lengths (B,)) -> (log_probs (B, T, V), lengths (B,))``.
+    """``CTCModel`` for export: ``(x (B, T, D), lengths (B,)) -> (log_probs (B, T', V), out_lengths (B,))``.
+
+    ``T' = T`` and ``out_lengths = lengths`` without a front-end; with one, both are reduced by the
+    convolution formula (``ceil(T / time_reduction)``), and frames past ``out_lengths`` are zero
+    before the output layer, as without.
 
     The encoder already runs on padded input; this restates its forward pass in the subset of Python
     that TorchScript and the ONNX exporter accept (a loop over layer modules instead of indexing, no
@@ -69,6 +82,8 @@ class PaddedCTC(nn.Module):
 
     def __init__(self, model: CTCModel):
         super().__init__()
+        # The front-end's own forward pass is already export-safe: shared as it is.
+        self.frontend = model.frontend if model.frontend is not None else NoFrontend()
         enc = model.encoder
         layers = []
         for i in range(enc.num_layers):
@@ -78,6 +93,7 @@ class PaddedCTC(nn.Module):
         self.linear = model.head.linear
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.frontend(x, lengths)
         for layer in self.layers:
             x = layer(x, lengths)
         # Zero the padded frames like the encoder does, so outputs match the eager model.

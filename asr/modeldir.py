@@ -31,8 +31,17 @@ from asr.models import CTCModel, ModelConfig, build_model
 from asr.tokens import TokenTable
 
 META_FILES = ("config.yaml", "feats.yaml", "cmvn_global.ark", "tokens.txt", "lexicon.txt")
-# Keys that may change between a run and its resumption (they do not change what is computed).
-RESUMABLE_KEYS = {"max_epochs", "checkpoint_every", "num_workers", "log_every", "average", "average_n"}
+# Keys that may change between a run and its resumption (they do not change what is computed; the
+# average* keys only choose which epoch checkpoints make final.pt, which is computed at the end).
+RESUMABLE_KEYS = {
+    "max_epochs",
+    "checkpoint_every",
+    "num_workers",
+    "log_every",
+    "average",
+    "average_n",
+    "average_metric",
+}
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "dev_loss", "dev_cer", "lr", "seconds"]
 
 
@@ -82,7 +91,9 @@ def check_exp_dir(exp_dir: Path, cfg: Any, data_dir: Path, lang_dir: Path) -> No
         if (exp_dir / "last.pt").exists() or (exp_dir / "final.pt").exists():
             raise AsrError(f"{exp_dir}: holds checkpoints but no config.yaml; use a new EXP_DIR")
         return
-    old, new = read_yaml(exp_dir / "config.yaml"), to_dict(cfg)
+    # Keys added since that run was started read as their defaults, which is what it ran with.
+    old = to_dict(from_dict(type(cfg), read_yaml(exp_dir / "config.yaml"), str(exp_dir / "config.yaml")))
+    new = to_dict(cfg)
 
     def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         out = []
@@ -173,8 +184,11 @@ def plot_metrics(exp_dir: Path, history: list[dict]) -> None:
 
 
 def choose_epochs(history: list[dict], how: str, n: int, metric: str) -> list[int]:
-    """Epochs whose weights make ``final.pt``: the best ``n`` by ``metric`` (ties: the later epoch), the
-    last ``n``, or with ``how == "none"`` just the last epoch (its weights as they are)."""
+    """Epochs whose weights make ``final.pt``: the best ``n`` by ``metric`` (``dev_cer`` or ``dev_loss``,
+    lower is better; ties: the later epoch), the last ``n``, or with ``how == "none"`` just the last epoch
+    (its weights as they are)."""
+    if metric not in ("dev_cer", "dev_loss"):
+        raise AsrError(f"average by {metric!r}: expected dev_cer or dev_loss")
     epochs = [r["epoch"] for r in history]
     if not epochs:
         raise AsrError("no finished epoch to make final.pt from")

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.augment import SpecAugConfig, spec_augment
+from asr.augment import SpecAugConfig, VtlpConfig, augment_frames, vtlp_first_bin
 from asr.config import load, to_dict
 from asr.dataset import BucketBatchSampler, FeatsDataset, collate, load_pipeline
 from asr.errors import AsrError
@@ -76,10 +76,14 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = per epoch only)
     average: Literal["best", "last", "none"] = "best"  # final.pt = mean of the best/last N epochs
     average_n: int = 3
+    # What "best" ranks epochs by: the schedule's metric, or dev CER / dev loss whatever the schedule uses.
+    average_metric: Literal["schedule", "dev_cer", "dev_loss"] = "schedule"
     seed: int = 0
     specaug: bool = False
     # Masks on the normalised features before deltas/stacking: widths in stored feature bins and frames.
     specaug_opts: SpecAugConfig = field(default_factory=SpecAugConfig)
+    # Vocal-tract-length perturbation: a random warp of the mel axis per utterance (fbank features only).
+    vtlp: VtlpConfig = field(default_factory=VtlpConfig)
     amp: bool = True  # CUDA only
     num_workers: int = 0
     max_unk_fraction: float = 0.05  # more uncovered text than this is an error
@@ -195,13 +199,16 @@ def train(
         return exp_dir / "final.pt"
     tokens = TokenTable.load(lang_dir / "tokens.txt")
     pipeline = load_pipeline(data_dir)
+    if cfg.vtlp.enabled:
+        vtlp_first_bin(pipeline.cfg)  # MFCC / precomputed features have no mel axis: one clear error, up front
     train_cfg_feats, dev_cfg_feats = to_dict(read_feature_config(data_dir)), to_dict(read_feature_config(dev_dir))
     if train_cfg_feats != dev_cfg_feats:
         raise AsrError(f"{dev_dir}/feats.yaml: differs from {data_dir}/feats.yaml; make dev features the same way")
     # Dev uses the training CMVN (as decoding will), except per-speaker stats which are the dev set's own.
     dev_pipeline = load_pipeline(dev_dir, dev_dir) if pipeline.cfg.cmvn == "speaker" else pipeline
-    train_set = FeatsDataset(data_dir, tokens, pipeline, max_unk_fraction=cfg.max_unk_fraction)
-    dev_set = FeatsDataset(dev_dir, tokens, dev_pipeline, max_unk_fraction=cfg.max_unk_fraction)
+    kw = {"max_unk_fraction": cfg.max_unk_fraction, "output_length": cfg.model.output_length}
+    train_set = FeatsDataset(data_dir, tokens, pipeline, **kw)
+    dev_set = FeatsDataset(dev_dir, tokens, dev_pipeline, **kw)
     with contextlib.ExitStack() as stack:
         if main:
             exp_dir.mkdir(parents=True, exist_ok=True)
@@ -274,18 +281,20 @@ def _run(
             len(tokens),
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
-    for g in opt.param_groups:
-        g["lr"] = schedule.lr
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if cfg.specaug:
+    if cfg.specaug or cfg.vtlp.enabled:
         # Applied per utterance inside the feature pipeline, before stacking. With num_workers=0 it draws
         # from the torch RNG, which checkpoints restore, so a resumed run stays exact.
-        opts = cfg.specaug_opts
-        train_set.augment = functools.partial(spec_augment, cfg=opts)
+        train_set.augment = functools.partial(
+            augment_frames,
+            specaug_cfg=cfg.specaug_opts if cfg.specaug else None,
+            vtlp_cfg=cfg.vtlp if cfg.vtlp.enabled else None,
+            first_bin=vtlp_first_bin(train_set.pipeline.cfg) if cfg.vtlp.enabled else 0,
+        )
     sampler = BucketBatchSampler(
         train_set.lengths, cfg.frames_per_batch, cfg.max_batch_size, cfg.sortagrad, True, cfg.seed, rank, world
     )
@@ -295,6 +304,7 @@ def _run(
     dev_loader = DataLoader(
         dev_set, batch_sampler=dev_sampler, collate_fn=collate, num_workers=cfg.num_workers, generator=torch.Generator()
     )
+    schedule.set_total_steps(cfg.max_epochs * len(sampler.global_batches(0)))  # every epoch has as many batches
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(
@@ -345,6 +355,7 @@ def _run(
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
             loss_all, n_bad = _all_sum([loss_sum.item(), float(n_bad)], device)
             if math.isfinite(loss_all) and torch.isfinite(norm):
+                schedule.apply(opt, st["step"])
                 scaler.step(opt)
                 st["loss_sum"] += loss_all
                 st["utts"] += sizes[k]
@@ -373,7 +384,7 @@ def _run(
                     epoch + 1,
                     st["step"],
                     st["loss_sum"] / max(st["utts"], 1),
-                    schedule.lr,
+                    schedule.lr_at(st["step"] - 1),
                 )
             if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 and st["batch"] < len(sizes):
                 st["seconds"] += time.time() - t0
@@ -385,11 +396,9 @@ def _run(
         bar.close()
         st["seconds"] += time.time() - t0
         dev_loss, dev_cer = evaluate(model, dev_loader, device)
-        lr_used = schedule.lr
+        lr_used = schedule.lr_at(st["step"] - 1)  # metrics.csv: the rate of the epoch's last step
         train_loss = st["loss_sum"] / max(st["utts"], 1)
         schedule.step(dev_cer if cfg.schedule.metric == "dev_cer" else dev_loss, epoch + 1)
-        for g in opt.param_groups:
-            g["lr"] = schedule.lr
         st["history"].append(
             {
                 "epoch": epoch + 1,
@@ -432,7 +441,8 @@ def _run(
         if world > 1:
             dist.barrier()
     if main:
-        state, chosen = average_checkpoints(exp_dir, st["history"], cfg.average, cfg.average_n, cfg.schedule.metric)
+        metric = cfg.schedule.metric if cfg.average_metric == "schedule" else cfg.average_metric
+        state, chosen = average_checkpoints(exp_dir, st["history"], cfg.average, cfg.average_n, metric)
         save_checkpoint(
             {"model": state, "model_args": margs, "averaged_epochs": chosen, "config": to_dict(cfg)},
             exp_dir / "final.pt",

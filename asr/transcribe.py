@@ -86,9 +86,11 @@ class Transcriber:
         self.decoder = make_decoder(self.md.tokens.symbols, self.decode_config)
         self.rate = self.cfg.sample_rate
         self.shift = self.cfg.shift_samples
-        # One output frame of the model covers `hop` samples; chunk borders sit on multiples of it,
-        # so a chunk's frames line up exactly with the frames of the whole file.
-        self.hop = self.shift * self.cfg.subsample
+        # One output frame of the model covers `hop` samples (feature shift x pipeline subsampling x the
+        # model's own time reduction); chunk borders sit on multiples of it, so a chunk's frames line up
+        # exactly with the frames of the whole file. A convolutional front-end's edge frames see zero
+        # padding at a window's ends, but those lie in the context, which is at least one hop.
+        self.hop = self.shift * self.cfg.subsample * self.md.model.time_reduction
         self.chunk = max(1, round(chunk_seconds * self.rate / self.hop)) * self.hop
         self.context = max(1, round(context_seconds * self.rate / self.hop)) * self.hop
         self.progress = progress
@@ -352,8 +354,11 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.atomic import write_text
+    from asr.tune_lm import apply_tuned, explicit_keys, named_decoder
 
     decode = _decode_config(args)
+    # A model dir with a tuned LM (asr tune-lm) decodes with it unless told otherwise.
+    decode = apply_tuned(decode, args.model_dir, explicit_keys(args.set), bool(args.lm), named_decoder(args, decode))
     engine = args.engine
     tr = Transcriber(
         args.model_dir, decode, checkpoint=args.checkpoint, chunk_seconds=args.chunk_seconds, engine=engine

@@ -3,14 +3,17 @@
 #
 #   stage  1 download   corpus (or CORPUS_DIR=existing copy)
 #          2 data       local/prepare.py CORPUS_DIR -> data/<set>/ (Kaldi data dirs)
-#          3 feats      asr make-feats + compute-cmvn      -> data/<set>/feats.scp, cmvn_global.ark
-#          4 tokens     asr make-tokens                    -> data/lang/tokens.txt
-#          5 lm         asr build-lm (train transcripts)   -> data/lm/lm.arpa      (LM_ORDER= to skip)
-#          6 train      asr train                          -> exp/$(TAG)/final.pt
-#          7 decode     asr decode per set and decoder     -> exp/$(TAG)/decode_<set>_<decoder>/text
-#          8 score      asr score                          -> .../wer, errs.txt, per_spk, scores.json
-#          9 results    asr results                        -> RESULTS.md (+ command, seed, wall times)
-#         10 report     asr report                         -> exp/$(TAG)/report.html
+#          3 augment    perturb-speed / add-noise copies of the training set, combined
+#                                                          -> data/$(TRAIN_DATA)/ (SPEED_PERTURB=, NOISE_SNR=)
+#          4 feats      asr make-feats + compute-cmvn      -> data/<set>/feats.scp, cmvn_global.ark
+#          5 tokens     asr make-tokens                    -> data/lang/tokens.txt
+#          6 lm         asr build-lm (train transcripts)   -> data/lm/lm.arpa      (LM_ORDER= to skip)
+#          7 train      asr train                          -> exp/$(TAG)/final.pt
+#          8 tune       asr tune-lm on the dev set         -> exp/$(TAG)/lm_tuned.yaml (TUNE_LM= to skip)
+#          9 decode     asr decode per set and decoder     -> exp/$(TAG)/decode_<set>_<decoder>/text
+#         10 score      asr score                          -> .../wer, errs.txt, per_spk, scores.json
+#         11 results    asr results                        -> RESULTS.md (+ command, seed, wall times)
+#         12 report     asr report                         -> exp/$(TAG)/report.html
 #
 # `make` runs all; `make decode` runs what decode needs; `make STAGE=3 STOP_STAGE=5` runs a numbered
 # slice (stages outside it are skipped, their outputs assumed). A stage is skipped when its outputs
@@ -67,6 +70,7 @@ CMVN_OPTS ?=
 VALIDATE_OPTS ?=
 FEATS_OPTS ?=
 TRAIN_OPTS ?=
+PERTURB_OPTS ?=
 DECODE_OPTS ?=
 # Recipes define `download_cmd` (shell) to fetch CORPUS_DIR; none means the corpus must exist.
 DOWNLOAD_FROM ?= official source
@@ -75,6 +79,12 @@ download_cmd ?= echo "no download for this recipe: set CORPUS_DIR to an existing
 # A recipe run in several ways (fsdd's two splits, speechocean762's char and phone units) names
 # each way with VARIANT, which keeps its stamps, logs and RESULTS.md notes apart.
 VARIANT ?=
+# One row of an ablation (egs/ablate.py): its own model dir, stamps, logs and RESULTS.md notes.
+ABLATION ?=
+ifneq ($(ABLATION),)
+VARIANT := $(if $(VARIANT),$(VARIANT)-)$(ABLATION)
+TAG := $(TAG)-$(ABLATION)
+endif
 SFX := $(if $(VARIANT),.$(VARIANT))
 # Scored against data/<set>$(SCORE_REF_SUFFIX)/text (a phone recipe's <set>_phone: %WER = %PER).
 SCORE_REF_SUFFIX ?=
@@ -83,7 +93,20 @@ STOP_STAGE ?= 100
 STAMPS := exp/.done
 LOGS := exp/log
 EXP := exp/$(TAG)
-SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
+# Training-set augmentation (stage 3), Kaldi's 3-way speed perturbation and additive noise: copies of
+# TRAIN_SET (audio: perturb-speed / add-noise; features only: perturb-feats-speed) combined with it
+# into TRAIN_DATA, which training reads. Tokens and the LM still come from TRAIN_SET's text.
+SPEED_PERTURB ?=
+NOISE_SNR ?=
+NOISE_OPTS ?=
+space := $(subst ,, )
+AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))
+TRAIN_DATA := $(TRAIN_SET)$(AUG_NAME)
+PREP_SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
+SETS := $(sort $(TRAIN_DATA) $(DEV_SET) $(DECODE_SETS))
+# Stage 8 picks alpha/beta (and the OOV penalty) on DEV_SET and installs them in the model dir.
+TUNE_LM ?= 1
+TUNE_OPTS ?=
 LM := $(if $(LM_ORDER),data/lm/lm.arpa)
 # A config file that does not exist yet means the tool's built-in defaults.
 conf_opt = $(if $(wildcard $(1)),--conf $(1))
@@ -115,7 +138,7 @@ echo "$$(date '+%F %T') stage $$n $$name: done in $$((SECONDS - start))s"
 endef
 q = '$(subst ','\'',$(1))'
 
-.PHONY: all download data feats tokens lm train decode score results report
+.PHONY: all download data augment feats tokens lm train tune decode score results report
 .DEFAULT_GOAL := all
 all: results report
 
@@ -132,35 +155,55 @@ download:
 	$(stage_done)
 
 data: download
-	@$(call stage,2,data,$(CORPUS_DIR),$(SETS:%=data/%/text),$(PREPARE),1-download)
+	@$(call stage,2,data,$(CORPUS_DIR),$(PREP_SETS:%=data/%/text),$(PREPARE),1-download)
 	$(PREPARE)
-	for s in $(SETS); do $(ASR) validate-data-dir data/$$s $(VALIDATE_OPTS); done
+	for s in $(PREP_SETS); do $(ASR) validate-data-dir data/$$s $(VALIDATE_OPTS); done
 	$(stage_done)
 
-feats: data
-	@$(call stage,3,feats,$(SETS:%=data/%),$(SETS:%=data/%/feats.scp) data/$(TRAIN_SET)/cmvn_global.ark,$(FEATS_OPTS) $(FEATS_CMD),2-data,$(wildcard $(FEATS_CONF)))
+augment: data
+	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED),2-data)
+	parts=""
+	for f in $(SPEED_PERTURB); do
+	  if [ -f data/$(TRAIN_SET)/wav.scp ]; then
+	    $(ASR) perturb-speed data/$(TRAIN_SET) data/$(TRAIN_SET)_sp$$f --factor $$f --nj $(NJ) $(PERTURB_OPTS)
+	  else  # features only (AN4's Sphinx MFCCs): stretch the frame sequence instead
+	    $(ASR) perturb-feats-speed data/$(TRAIN_SET) data/$(TRAIN_SET)_sp$$f --factor $$f
+	  fi
+	  parts="$$parts data/$(TRAIN_SET)_sp$$f"
+	done
+	$(if $(NOISE_SNR),$(ASR) add-noise data/$(TRAIN_SET) data/$(TRAIN_SET)_noise --snr $(NOISE_SNR) --seed $(SEED) --nj $(NJ) $(NOISE_OPTS); parts="$$parts data/$(TRAIN_SET)_noise")
+	if [ -n "$$parts" ]; then $(ASR) combine-data-dirs data/$(TRAIN_DATA) data/$(TRAIN_SET) $$parts; fi
+	$(stage_done)
+
+feats: augment
+	@$(call stage,4,feats,$(SETS:%=data/%),$(SETS:%=data/%/feats.scp) data/$(TRAIN_DATA)/cmvn_global.ark,$(FEATS_OPTS) $(FEATS_CMD),3-augment,$(wildcard $(FEATS_CONF)))
 	$(if $(FEATS_CMD),$(FEATS_CMD),for s in $(SETS); do $(ASR) make-feats data/$$s $(call conf_opt,$(FEATS_CONF)) $(FEATS_OPTS) --nj $(NJ); done)
 	for s in $(SETS); do $(ASR) compute-cmvn data/$$s $(CMVN_OPTS); done
 	$(stage_done)
 
 tokens: data
-	@$(call stage,4,tokens,data/$(TRAIN_SET)/text,$(LANG_DIR)/tokens.txt,$(UNIT) $(LEXICON),2-data,$(LEXICON))
+	@$(call stage,5,tokens,data/$(TRAIN_SET)/text,$(LANG_DIR)/tokens.txt,$(UNIT) $(LEXICON),2-data,$(LEXICON))
 	$(ASR) make-tokens data/$(TRAIN_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON))
 	$(stage_done)
 
 lm: data
-	@$(call stage,5,lm,data/$(TRAIN_SET)/text,$(LM),$(LM_ORDER),2-data)
+	@$(call stage,6,lm,data/$(TRAIN_SET)/text,$(LM),$(LM_ORDER),2-data)
 	$(if $(LM),$(ASR) build-lm data/$(TRAIN_SET)/text --order $(LM_ORDER) -o $(LM))
 	$(stage_done)
 
 train: feats tokens
-	@$(call stage,6,train,data/$(TRAIN_SET) data/$(DEV_SET) $(LANG_DIR),$(EXP)/final.pt,$(TAG) $(SEED) $(TRAIN_OPTS),3-feats 4-tokens,$(wildcard $(TRAIN_CONF)))
-	$(ASR) train data/$(TRAIN_SET) data/$(DEV_SET) $(LANG_DIR) $(EXP) $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
+	@$(call stage,7,train,data/$(TRAIN_DATA) data/$(DEV_SET) $(LANG_DIR),$(EXP)/final.pt,$(TAG) $(SEED) $(TRAIN_OPTS),4-feats 5-tokens,$(wildcard $(TRAIN_CONF)))
+	$(ASR) train data/$(TRAIN_DATA) data/$(DEV_SET) $(LANG_DIR) $(EXP) $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
+	$(stage_done)
+
+tune: $(if $(LM),lm) train
+	@$(call stage,8,tune,$(EXP) data/$(DEV_SET) $(LM),$(if $(and $(LM),$(TUNE_LM)),$(EXP)/lm_tuned.yaml),$(TUNE_LM) $(TUNE_OPTS),4-feats 6-lm 7-train,$(wildcard $(DECODE_CONF)))
+	$(if $(and $(LM),$(TUNE_LM)),$(ASR) tune-lm $(EXP) data/$(DEV_SET) $(call conf_opt,$(DECODE_CONF)) --lm $(LM) $(TUNE_OPTS),echo "no LM or TUNE_LM empty: nothing to tune")
 	$(stage_done)
 
 decode_dirs := $(foreach s,$(DECODE_SETS),$(foreach d,$(DECODERS),$(EXP)/decode_$(s)_$(d)))
-decode: $(if $(LM),lm) train
-	@$(call stage,7,decode,$(EXP) $(DECODE_SETS:%=data/%) $(LM),$(decode_dirs:%=%/text),$(DECODERS) $(DECODE_SETS) $(DECODE_OPTS),3-feats 5-lm 6-train,$(wildcard $(DECODE_CONF)))
+decode: tune
+	@$(call stage,9,decode,$(EXP) $(DECODE_SETS:%=data/%) $(LM),$(decode_dirs:%=%/text),$(DECODERS) $(DECODE_SETS) $(DECODE_OPTS),4-feats 6-lm 7-train 8-tune,$(wildcard $(DECODE_CONF)))
 	for s in $(DECODE_SETS); do
 	  for d in $(DECODERS); do
 	    if [ $$d = greedy ]; then opts=""; else opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM))"; fi
@@ -170,7 +213,7 @@ decode: $(if $(LM),lm) train
 	$(stage_done)
 
 score: decode
-	@$(call stage,8,score,$(decode_dirs:%=%/text),$(decode_dirs:%=%/wer),$(SCORE_OPTS),7-decode 2-data)
+	@$(call stage,10,score,$(decode_dirs:%=%/text),$(decode_dirs:%=%/wer),$(SCORE_OPTS),9-decode 2-data)
 	for s in $(DECODE_SETS); do
 	  for d in $(DECODERS); do
 	    $(ASR) score data/$${s}$(SCORE_REF_SUFFIX)/text $(EXP)/decode_$${s}_$$d/text --utt2spk data/$$s/utt2spk $(SCORE_OPTS) -o $(EXP)/decode_$${s}_$$d
@@ -179,7 +222,7 @@ score: decode
 	$(stage_done)
 
 results: score
-	@$(call stage,9,results,$(decode_dirs:%=%/wer),RESULTS.md,$(TAG),8-score)
+	@$(call stage,11,results,$(decode_dirs:%=%/wer),RESULTS.md,$(TAG),10-score)
 	$(ASR) results . -o RESULTS.md
 	$(run_info) > $(LOGS)/run_info.md
 	$(PYTHON) - RESULTS.md $(LOGS)/run_info.md <<'EOF'
@@ -194,7 +237,7 @@ results: score
 	$(stage_done)
 
 report: score
-	@$(call stage,10,report,$(EXP),$(EXP)/report.html,$(TAG),8-score 6-train)
+	@$(call stage,12,report,$(EXP),$(EXP)/report.html,$(TAG),10-score 7-train)
 	$(ASR) report $(EXP)
 	$(stage_done)
 
@@ -204,9 +247,10 @@ define run_info
   echo "- command: \`$(strip make -C egs/$(notdir $(RECIPE)) $(filter-out PATH=% STAGE=% STOP_STAGE=% FORCE=%,$(MAKEOVERRIDES)))\`"
   echo "- variant: $(or $(VARIANT),default); seed: $(SEED); unit: $(UNIT); model dir: \`$(EXP)\`; decoders: $(DECODERS); LM order: $(or $(LM_ORDER),none)"
   echo "- configs: feats \`$(notdir $(or $(wildcard $(FEATS_CONF)),built-in))\`, train \`$(notdir $(or $(wildcard $(TRAIN_CONF)),built-in))\` $(TRAIN_OPTS), decode \`$(notdir $(or $(wildcard $(DECODE_CONF)),built-in))\`"
+  echo "- training data: \`data/$(TRAIN_DATA)\` (speed perturbation: $(or $(SPEED_PERTURB),none); noise SNR dB: $(or $(NOISE_SNR),none)); LM weights tuned on \`$(DEV_SET)\`: $(if $(and $(LM),$(TUNE_LM)),yes,no)"
   echo "- machine: $$(nproc --all) CPU cores, $$(date '+%F'); code: $$(git -C $(ROOT) rev-parse --short HEAD 2>/dev/null || echo 'uncommitted')"
   echo; echo "| stage | wall time (s) |"; echo "|---|---:|"; total=0
-  for s in 1-download 2-data 3-feats 4-tokens 5-lm 6-train 7-decode 8-score; do
+  for s in 1-download 2-data 3-augment 4-feats 5-tokens 6-lm 7-train 8-tune 9-decode 10-score; do
     f=$(LOGS)/stage$$s$(SFX).log; [ -f $$f ] || continue
     t=$$(grep -o 'done in [0-9]*s' $$f | tail -1 | grep -o '[0-9]*' || true)
     [ -n "$$t" ] && echo "| $$s | $$t |" && total=$$((total + t))
@@ -214,3 +258,7 @@ define run_info
   echo "Wall times are from the last run of each stage on this machine; on a shared 2-core machine"
   echo "they vary with the load (load average now: $$(cut -d' ' -f1-3 /proc/loadavg))."; echo; }
 endef
+
+# `make print-EXP` prints a variable's value (egs/ablation.py asks the recipe where a row's outputs are).
+print-%:
+	@echo '$($*)'

@@ -1,17 +1,35 @@
-"""SpecAugment masks and warp on (T, D) and padded batches; speed perturbation of a real data dir."""
+"""SpecAugment masks and warp on (T, D) and padded batches; VTLP; speed perturbation of audio and of features."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import kaldiio
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from kaldiio.matio import write_array
 
-from asr.augment import SpecAugConfig, perturb_wave, spec_augment, speed_prefix, time_warp
+from asr.augment import (
+    SpecAugConfig,
+    VtlpConfig,
+    augment_frames,
+    freq_warp,
+    perturb_wave,
+    spec_augment,
+    speed_prefix,
+    time_warp,
+    vtlp_first_bin,
+    warp_sources,
+)
 from asr.cli import main
-from asr.datadir import DataDir, Segment, validate_data_dir, write_data_dir
+from asr.config import dump
+from asr.datadir import DataDir, Segment, read_kv, validate_data_dir, write_data_dir, write_kv
 from asr.errors import AsrError
+from asr.features import FeatureConfig
+from asr.lock import hold
+from asr.perturb_feats import perturb_feats_speed, stretch_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -134,3 +152,146 @@ def test_perturb_speed_segments_and_bad_recordings(shared_data, tmp_path, caplog
         from asr.augment import perturb_speed
 
         perturb_speed(src, tmp_path / "x", 3.0)
+
+
+# ---------------------------------------------------------------- VTLP
+
+
+def test_freq_warp_identity_and_ramp_by_hand():
+    x = torch.randn(30, 40)
+    assert torch.equal(freq_warp(x, 1.0), x)
+    vtlp_off = VtlpConfig(enabled=True, low=1.0, high=1.0)
+    assert torch.equal(augment_frames(x, None, vtlp_off, gen(0)), x)
+    assert torch.equal(augment_frames(x, None, None), x)
+    # A ramp along the bin axis turns into the positions read from (linear interpolation is exact on it).
+    # 11 bins, top 10, knee 0.8 * 10 = 8. alpha 1.25: j / 1.25 up to bin 8, then the line to (10, 10)
+    # from (6.4, 8): 10 - 1.8 * (10 - j). alpha 0.8: j / 0.8 up to 6.4, then 10 - (2 / 3.6) * (10 - j).
+    ramp = torch.arange(11.0).repeat(4, 1)
+    up = [0, 0.8, 1.6, 2.4, 3.2, 4.0, 4.8, 5.6, 6.4, 8.2, 10]
+    down = [0, 1.25, 2.5, 3.75, 5, 6.25, 7.5, 10 - 6 / 3.6, 10 - 4 / 3.6, 10 - 2 / 3.6, 10]
+    for alpha, want in ((1.25, up), (0.8, down)):
+        y = freq_warp(ramp, alpha, boundary=0.8)
+        assert torch.allclose(y, torch.tensor(want).repeat(4, 1), atol=1e-5)
+        assert torch.allclose(warp_sources(11, alpha, 0.8), torch.tensor(want, dtype=torch.float64), atol=1e-12)
+
+
+def test_freq_warp_moves_content_keeps_ends_energy_and_batch():
+    peak = torch.zeros(1, 41)
+    peak[0, 20] = 1.0
+    assert int(freq_warp(peak, 1.1).argmax()) == 22  # alpha > 1 moves formants up: bin 20 -> 22
+    assert int(freq_warp(peak, 0.9).argmax()) == 18
+    x = torch.randn(3, 25, 41)
+    for alpha in (0.85, 0.93, 1.07, 1.2):
+        y = freq_warp(x, alpha)
+        assert torch.equal(y[..., 0], x[..., 0]) and torch.allclose(y[..., -1], x[..., -1])
+        assert torch.allclose(y[1], freq_warp(x[1], alpha))  # (B, T, D) = each (T, D)
+        # log energy first (use_energy): kept as it is, the 40 bins after it warped on their own
+        e = freq_warp(x[0], alpha, first_bin=1)
+        assert torch.equal(e[:, 0], x[0, :, 0]) and torch.allclose(e[:, 1:], freq_warp(x[0, :, 1:], alpha))
+
+
+def test_augment_frames_draws_from_torch_rng_vtlp_then_specaug():
+    x = torch.randn(80, 40) + 5
+    spec, vtlp = SpecAugConfig(freq_width=5, time_width=10), VtlpConfig(enabled=True, low=0.9, high=1.1)
+    torch.manual_seed(7)
+    a = augment_frames(x, spec, vtlp)
+    torch.manual_seed(7)
+    assert torch.equal(augment_frames(x, spec, vtlp), a)  # what a resumed run replays
+    g = gen(5)
+    alpha = 0.9 + 0.2 * float(torch.rand((), generator=g, dtype=torch.float64))
+    want = spec_augment(freq_warp(x, alpha, 0.8), cfg=spec, generator=g)
+    assert 0.9 <= alpha <= 1.1 and torch.equal(augment_frames(x, spec, vtlp, gen(5)), want)
+    assert not torch.equal(augment_frames(x, None, vtlp, gen(5)), x)
+    assert torch.equal(augment_frames(x, None, VtlpConfig(enabled=False), gen(5)), x)
+    # SpecAugment alone draws exactly what spec_augment does: switching train.py's hook over changes nothing
+    torch.manual_seed(9)
+    a = augment_frames(x, spec, None)
+    torch.manual_seed(9)
+    assert torch.equal(a, spec_augment(x, cfg=spec))
+
+
+def test_vtlp_only_for_fbank_and_config_checks():
+    assert vtlp_first_bin(FeatureConfig(kind="fbank")) == 0
+    assert vtlp_first_bin(FeatureConfig(kind="fbank", use_energy=True)) == 1
+    for kind in ("mfcc", "precomputed"):
+        with pytest.raises(AsrError, match="fbank"):
+            vtlp_first_bin(FeatureConfig(kind=kind))
+    with pytest.raises(ValueError):
+        VtlpConfig(low=1.1, high=0.9)
+    with pytest.raises(ValueError):
+        VtlpConfig(boundary_ratio=1.0)
+    with pytest.raises(ValueError):
+        freq_warp(torch.zeros(2, 5), 0.0)
+
+
+# ---------------------------------------------------------------- speed perturbation of stored features
+
+
+def test_stretch_frames_by_hand():
+    ramp = np.arange(10, dtype=np.float32)[:, None].repeat(3, 1)  # (10, 3), frame t holds t
+    # 10 -> 5 frames: output frame i reads (i + 0.5) * 2 - 0.5
+    assert np.allclose(stretch_frames(ramp, 2.0)[:, 0], [0.5, 2.5, 4.5, 6.5, 8.5])
+    slow = stretch_frames(ramp, 0.5)[:, 0]  # 20 frames reading (i + 0.5) / 2 - 0.5, clamped to [0, 9]
+    assert slow.shape == (20,) and slow[0] == 0 and slow[-1] == 9 and np.allclose(slow[1:3], [0.25, 0.75])
+    for n in (1, 7, 100, 313):
+        for f in (0.9, 1.1, 1.5):
+            x = np.random.default_rng(n).standard_normal((n, 4))
+            y = stretch_frames(x, f)
+            assert y.shape == (max(1, round(n / f)), 4) and y.dtype == x.dtype
+    same = stretch_frames(ramp, 1.0)
+    assert np.array_equal(same, ramp) and same is not ramp and same.dtype == np.float32
+
+
+def _feats_dir(path: Path, mats: dict[str, np.ndarray]) -> Path:
+    ark = (path / "feats.ark").absolute()
+    path.mkdir(parents=True)
+    scp = {}
+    with open(ark, "wb") as f:
+        for utt, m in mats.items():
+            f.write(f"{utt} ".encode())
+            scp[utt] = f"{ark}:{f.tell()}"
+            write_array(f, m)
+    write_data_dir(path, feats_scp=scp, utt2spk={u: u.split("-")[0] for u in mats},
+                   text={u: f"T {u}" for u in mats}, utt2num_frames={u: len(m) for u, m in mats.items()})
+    dump(FeatureConfig(kind="precomputed", num_ceps=13, delta_order=2), path / "feats.yaml")
+    (path / "cmvn.scp").write_text("stale\n")
+    return path
+
+
+def test_perturb_feats_speed_data_dir(tmp_path, caplog, capsys):
+    rng = np.random.default_rng(0)
+    mats = {f"{s}-u{i}": rng.standard_normal((n, 13)).astype(np.float32)
+            for i, (s, n) in enumerate([("a", 50), ("a", 77), ("b", 31)])}
+    src = _feats_dir(tmp_path / "src", mats)
+    for factor, pre in (("1.0", "sp1.0-"), ("0.9", "sp0.9-"), ("1.1", "sp1.1-")):
+        dst = tmp_path / f"sp{factor}"
+        assert main(["perturb-feats-speed", str(src), str(dst), "--factor", factor, "--no-progress"]) == 0
+        assert validate_data_dir(dst, need_feats=True) == []
+        d = DataDir.load(dst)
+        assert d.utts == sorted(pre + u for u in mats) and d.wav_scp is None
+        assert d.text == {pre + u: f"T {u}" for u in mats}
+        assert d.utt2spk == {pre + u: pre + u.split("-")[0] for u in mats}
+        assert d.spk2utt == {pre + "a": [pre + "a-u0", pre + "a-u1"], pre + "b": [pre + "b-u2"]}
+        assert (dst / "feats.yaml").read_text() == (src / "feats.yaml").read_text()
+        assert not (dst / "cmvn.scp").exists()
+        for u, m in mats.items():
+            out = kaldiio.load_mat(d.feats_scp[pre + u])
+            assert d.utt2num_frames[pre + u] == out.shape[0] == round(len(m) / float(factor))
+            if factor == "1.0":
+                assert np.array_equal(out, m) and out.dtype == m.dtype
+    # the copies combine with the source (same feats.yaml, unique ids)
+    assert main(["combine-data-dirs", str(tmp_path / "all"), str(src), str(tmp_path / "sp0.9"),
+                 str(tmp_path / "sp1.1")]) == 0
+    assert len(DataDir.load(tmp_path / "all").utts) == 9
+    # an unreadable entry is one line, the rest goes on
+    write_kv(src / "feats.scp", {**read_kv(src / "feats.scp"), "a-u1": str(tmp_path / "nonexistent.ark:0")})
+    dst, bad = perturb_feats_speed(src, tmp_path / "spbad", 0.9, progress=False)
+    assert bad == ["a-u1"] and any("a-u1" in r.getMessage() for r in caplog.records)
+    assert DataDir.load(dst).utts == ["sp0.9-a-u0", "sp0.9-b-u2"]
+    capsys.readouterr()
+    assert main(["perturb-feats-speed", str(src), str(tmp_path / "x"), "--factor", "2.5"]) == 1
+    assert main(["perturb-feats-speed", str(tmp_path / "sp0.9"), str(tmp_path / "sp0.9"), "--factor", "0.9"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "factor 2.5" in err[0] and "differ" in err[1]
+    with hold(tmp_path / "sp1.1", "test"), pytest.raises(AsrError, match="another"):
+        perturb_feats_speed(src, tmp_path / "sp1.1", 1.1, progress=False)

@@ -94,11 +94,13 @@ def test_decode_with_lm_and_tune(exp, tmp_path):
                 "0",
                 "-o",
                 str(tmp_path / "t"),
+                "--no-install",  # the module's model dir stays untuned for the other tests
             ]
         )
         == 0
     )
     assert len((tmp_path / "t" / "results.tsv").read_text().splitlines()) == 3
+    assert not (exp_dir / "lm_tuned.yaml").exists()
 
 
 def test_decode_bad_input(exp, tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from asr.cli import build_parser
 from asr.datadir import DataDir, validate_data_dir
@@ -155,17 +156,20 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     stages = {
         1: ["corpus/prompts.tsv"],
         2: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("wav.scp", "text", "utt2spk", "spk2utt")],
-        3: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
+        3: ["data/train/utt2spk"],  # no augmentation asked for: training reads data/train itself
+        4: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
         + ["data/train/cmvn_global.ark"],
-        4: ["data/lang/tokens.txt"],
-        5: ["data/lm/lm.arpa"],
-        6: ["exp/debug/final.pt", "exp/debug/config.yaml", "exp/debug/tokens.txt"],
-        7: ["exp/debug/decode_test_greedy/text", "exp/debug/decode_test_beam/text"],
-        8: ["exp/debug/decode_test_greedy/wer", "exp/debug/decode_test_beam/wer"],
-        9: ["RESULTS.md"],
-        10: ["exp/debug/report.html"],
+        5: ["data/lang/tokens.txt"],
+        6: ["data/lm/lm.arpa"],
+        7: ["exp/debug/final.pt", "exp/debug/config.yaml", "exp/debug/tokens.txt"],
+        8: ["exp/debug/lm_tuned.yaml", "exp/debug/lm.arpa"],
+        9: ["exp/debug/decode_test_greedy/text", "exp/debug/decode_test_beam/text"],
+        10: ["exp/debug/decode_test_greedy/wer", "exp/debug/decode_test_beam/wer"],
+        11: ["RESULTS.md"],
+        12: ["exp/debug/report.html"],
     }
-    names = ["download", "data", "feats", "tokens", "lm", "train", "decode", "score", "results", "report"]
+    names = ["download", "data", "augment", "feats", "tokens", "lm", "train", "tune", "decode", "score", "results",
+             "report"]
     for n, outputs in stages.items():
         proc = make(work, "demo", "SMALL=1", "NJ=1", f"STAGE={n}", f"STOP_STAGE={n}")
         assert proc.returncode == 0, f"stage {n}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -183,11 +187,15 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     before = _snapshot(work)
     proc = make(work, "demo", "SMALL=1", "NJ=1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("up to date, skipped") == 10, proc.stdout
+    assert proc.stdout.count("up to date, skipped") == 12, proc.stdout
     assert _snapshot(work) == before
 
     # A changed setting reruns only the stages that depend on it.
-    proc = make(work, "demo", "SMALL=1", "NJ=1", "SCORE_OPTS=--case lower", "STOP_STAGE=8")
+    proc = make(work, "demo", "SMALL=1", "NJ=1", "SCORE_OPTS=--case lower", "STOP_STAGE=10")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ran = re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout)
-    assert ran == ["8"], proc.stdout
+    assert ran == ["10"], proc.stdout
+    # The beam decode used the weights tuned on dev (stage 8), not decode_beam.yaml's.
+    tuned = yaml.safe_load((exp / "lm_tuned.yaml").read_text())
+    used = yaml.safe_load((exp / "decode_test_beam" / "decode.yaml").read_text())
+    assert (used["alpha"], used["beta"], used["unk_penalty"]) == (tuned["alpha"], tuned["beta"], tuned["unk_penalty"])

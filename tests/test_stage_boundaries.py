@@ -151,6 +151,7 @@ def test_specaugment_masks_bins_before_stacking() -> None:
 
 
 def test_train_applies_specaugment_to_unstacked_frames(tmp_path, monkeypatch) -> None:
+    import asr.augment
     import asr.train
 
     if not (SHARED_DATA / "fsdd").is_dir():
@@ -159,19 +160,40 @@ def test_train_applies_specaugment_to_unstacked_frames(tmp_path, monkeypatch) ->
     lang = lang_dir(data, tmp_path / "lang")
     frames = dict(line.split() for line in (data / "utt2num_frames").read_text().splitlines())
     seen: list[tuple[int, int]] = []
-    real = asr.train.spec_augment
+    real = asr.augment.spec_augment
 
     def spy(x, lengths=None, cfg=None, generator=None):
         seen.append(tuple(x.shape))
         return real(x, lengths, cfg, generator)
 
-    monkeypatch.setattr(asr.train, "spec_augment", spy)
+    warped: list[tuple[int, int]] = []
+    real_warp = asr.augment.freq_warp
+
+    def spy_warp(x, *args, **kw):
+        warped.append(tuple(x.shape))
+        return real_warp(x, *args, **kw)
+
+    monkeypatch.setattr(asr.augment, "spec_augment", spy)
+    monkeypatch.setattr(asr.augment, "freq_warp", spy_warp)
     conf = [str(ROOT / "conf" / "blstm_debug.yaml"), str(ROOT / "conf" / "specaug.yaml")]
-    cfg = asr.train.load_train_config(conf, [*TINY, "max_epochs=1", "specaug_opts.freq_width=5"])
+    cfg = asr.train.load_train_config(conf, [*TINY, "max_epochs=1", "specaug_opts.freq_width=5", "vtlp.enabled=true"])
     train(data, data, lang, tmp_path / "exp", cfg)
     assert len(seen) == len(frames)  # once per training utterance, none for dev
     assert {d for _, d in seen} == {23}  # the stored 23 mel bins, not 3 x 23 stacked
     assert sorted(n for n, _ in seen) == sorted(int(n) for n in frames.values())  # input frames
+    assert sorted(warped) == sorted(seen)  # VTLP warps the same unstacked frames, first
+
+
+def test_vtlp_on_mfcc_features_is_one_clear_error(tmp_path, capsys) -> None:
+    if not (SHARED_DATA / "fsdd").is_dir():
+        pytest.skip(f"FSDD not found under {SHARED_DATA}")
+    data = fsdd_dir(SHARED_DATA, tmp_path / "data", ["george"], [5], digits=[1, 2], kind="mfcc")
+    lang = lang_dir(data, tmp_path / "lang")
+    sets = [x for s in [*TINY, "max_epochs=1", "vtlp.enabled=true"] for x in ("--set", s)]
+    assert main(["train", str(data), str(data), str(lang), str(tmp_path / "exp"), *sets]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "mfcc" in err.lower(), err
+    assert not (tmp_path / "exp").exists()
 
 
 class _Evil:

@@ -127,9 +127,15 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("every,kills,specaug", [(1, [2, 5], False), (2, [3], True)])
+# The cosine case also kills once inside the warm-up (step 3 of 5): the per-step rate must resume exactly.
+COSINE = ("schedule.name=cosine", "schedule.warmup_steps=5", "schedule.min_lr=0.001")
+
+
+@pytest.mark.parametrize(
+    "every,kills,specaug,sched", [(1, [2, 5], False, ()), (2, [3], True, ()), (1, [3, 7], False, COSINE)]
+)
 def test_resume_gives_identical_weights(
-    fsdd: tuple[Path, Path, Path], tmp_path: Path, every: int, kills: list[int], specaug: bool
+    fsdd: tuple[Path, Path, Path], tmp_path: Path, every: int, kills: list[int], specaug: bool, sched: tuple[str, ...]
 ) -> None:
     train_dir, dev_dir, lang = fsdd
     cfg = _cfg(
@@ -139,6 +145,7 @@ def test_resume_gives_identical_weights(
         f"specaug={str(specaug).lower()}",
         "specaug_opts.freq_width=10",
         "specaug_opts.time_width=5",
+        *sched,
     )
     ref = train(train_dir, dev_dir, lang, tmp_path / "ref", cfg)
     exp = tmp_path / "exp"
@@ -157,6 +164,18 @@ def test_resume_gives_identical_weights(
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _metrics(tmp_path / "ref")]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _metrics(exp)]
+    if sched:  # metrics.csv's lr is the rate of each epoch's last step: min_lr at the end of a cosine run
+        assert float(_metrics(exp)[-1]["lr"]) == pytest.approx(0.001)
+        assert 0.001 < float(_metrics(exp)[0]["lr"]) < 0.01
+
+
+def test_warmup_rate_reaches_the_optimizer(fsdd: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    train_dir, dev_dir, lang = fsdd
+    # A warm-up of 10**9 steps keeps every rate near 1e-11: the weights must barely move between epochs.
+    cfg = _cfg(*TINY, "schedule.name=none", "schedule.warmup_steps=1000000000", "max_epochs=2")
+    train(train_dir, dev_dir, lang, tmp_path / "exp", cfg)
+    a, b = (torch.load(tmp_path / "exp" / f"epoch-{e}.pt", weights_only=True)["model"] for e in (1, 2))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
 def test_ddp_two_processes_match_one(fsdd: tuple[Path, Path, Path], tmp_path: Path) -> None:

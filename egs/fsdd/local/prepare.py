@@ -5,8 +5,8 @@ Two splits, both written on every run:
 
 - official (``train``, ``dev``, ``test``): index 0-4 is test, as upstream says; 5-9 of every
   speaker is our dev set (upstream has none), 10-49 train.
-- leave-speakers-out (``train_spk``, ``dev_spk``, ``test_spk``): every recording of the
-  ``--test-speakers`` is test; of the others, index 0-4 is dev and 5-49 train.
+- leave-speakers-out (``train_spk``, ``dev_spk``, ``test_spk``; ``--spk-suffix`` renames them): every
+  recording of the ``--test-speakers`` is test; of the others, index 0-4 is dev and 5-49 train.
 
 Utterance ids are ``{speaker}_{digit}_{index:02d}`` so they sort by speaker (Kaldi's rule);
 transcripts are the digit's English word in upper case.
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("corpus", type=Path, help="dir holding recordings/")
     p.add_argument("out", type=Path)
     p.add_argument("--test-speakers", default="theo", help="comma-separated, for the *_spk split")
+    p.add_argument("--spk-suffix", default="_spk",
+                   help="name of the leave-speakers-out sets: train<suffix>, dev<suffix>, test<suffix>")
     args = p.parse_args(argv)
     rec = args.corpus / "recordings"
     if not rec.is_dir():
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         speakers.add(spk)
         utt = f"{spk}_{digit}_{index:02d}"
         official = "test" if index < 5 else "dev" if index < 10 else "train"
-        by_spk = "test_spk" if spk in test_spk else "dev_spk" if index < 5 else "train_spk"
+        by_spk = ("test" if spk in test_spk else "dev" if index < 5 else "train") + args.spk_suffix
         for name in (official, by_spk):
             d = sets.setdefault(name, {"wav_scp": {}, "text": {}, "utt2spk": {}})
             d["wav_scp"][utt] = str(wav.resolve())

@@ -1,0 +1,193 @@
+"""``asr tune-lm``: pick the LM weight (alpha), word bonus (beta) and OOV penalty on a dev set, and keep them.
+
+The grid point with the lowest dev %WER wins (ties: the earliest in grid order, i.e. the smallest
+alpha, then beta, then the mildest penalty). The model's posteriors are computed once; each grid point
+is one beam search over them. Results go to ``EXP/tune_lm_<dev>/results.tsv`` and ``best.yaml``, and
+the winner is installed in the model dir, which is what makes the tuning stick:
+
+- ``EXP/lm.arpa``: a copy of the LM (the model dir describes itself and outlives data/lm);
+- ``EXP/lm_tuned.yaml``: ``lm`` (file name in EXP), ``sha256`` of it, ``alpha``, ``beta``,
+  ``unk_penalty``, the dev set and its %WER.
+
+``asr decode`` and ``asr transcribe`` then use them by default (:func:`apply_tuned`): with ``--lm`` of
+the same content (the recipe's data/lm/lm.arpa) they take the tuned weights; without ``--lm`` and
+without ``--decoder greedy`` they search with the model dir's LM. Precedence, highest first:
+``--set`` > the tuned weights > ``--conf`` > built-in defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from asr.atomic import atomic_open, atomic_path
+from asr.config import dump, read_yaml
+from asr.decoders import DecodeConfig
+from asr.errors import AsrError
+
+log = logging.getLogger(__name__)
+
+TUNED = "lm_tuned.yaml"
+TUNED_KEYS = ("alpha", "beta", "unk_penalty")
+
+Batch = tuple[list[str], torch.Tensor, torch.Tensor]  # (utts, log_probs (B, T, V), lengths (B,))
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def grid_search(
+    batches: list[Batch],
+    refs: dict[str, str],
+    symbols: list[str],
+    cfg: DecodeConfig,
+    lm,
+    alphas: list[float],
+    betas: list[float],
+    penalties: list[float],
+) -> list[tuple[float, float, float, float]]:
+    """``(wer %, alpha, beta, unk_penalty)`` for every grid point, in grid order.
+
+    ``batches`` hold the dev set's posteriors: ``log_probs`` (B, T, V) with ``lengths`` (B,).
+    """
+    from asr.decoders.beam import BeamSearchDecoder
+    from asr.scoring import score
+
+    rows = []
+    for alpha, beta, pen in itertools.product(alphas, betas, penalties):
+        cfg.alpha, cfg.beta, cfg.unk_penalty = alpha, beta, pen
+        dec = BeamSearchDecoder(symbols, cfg, lm=lm)
+        hyp = {}
+        for names, lp, lens in batches:
+            for u, h in zip(names, dec.decode(lp, lens), strict=True):
+                hyp[u] = " ".join(h[0].words)
+        res = score(refs, hyp)
+        wer = 100.0 * res.totals()["errors"] / max(res.ref_words, 1)
+        rows.append((wer, alpha, beta, pen))
+        log.info("alpha %.3g beta %.3g unk_penalty %.3g: WER %.2f %%", alpha, beta, pen, wer)
+    return rows
+
+
+def best(rows: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    """The row of lowest WER; the first in grid order among equals."""
+    return min(rows, key=lambda r: r[0])
+
+
+def install(exp_dir: Path, lm_path: str | Path, row: tuple[float, float, float, float], dev: str) -> Path:
+    """Copy the LM into ``exp_dir`` and write ``lm_tuned.yaml`` (atomically); returns its path."""
+    wer, alpha, beta, pen = row
+    target = exp_dir / "lm.arpa"
+    if Path(lm_path).resolve() != target.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(lm_path, tmp)
+    info = {"lm": target.name, "sha256": sha256(target), "alpha": alpha, "beta": beta, "unk_penalty": pen,
+            "tuned_on": dev, "dev_wer": round(wer, 2)}
+    dump(info, exp_dir / TUNED)
+    return exp_dir / TUNED
+
+
+def read_tuned(exp_dir: str | Path) -> dict | None:
+    """The model dir's tuned LM settings (with ``lm`` as a full path), or None when it has none."""
+    path = Path(exp_dir) / TUNED
+    if not path.is_file():
+        return None
+    info = read_yaml(path)
+    missing = [k for k in ("lm", "sha256", *TUNED_KEYS) if k not in info]
+    if missing:
+        raise AsrError(f"{path}: missing {', '.join(missing)}; rerun 'asr tune-lm'")
+    info["lm"] = str(Path(exp_dir) / info["lm"])
+    if not Path(info["lm"]).is_file():
+        raise AsrError(f"{info['lm']}: the tuned LM is missing from the model dir; rerun 'asr tune-lm'")
+    return info
+
+
+def explicit_keys(overrides: list[str] | None) -> set[str]:
+    """Top-level keys set with ``--set key=value``."""
+    return {kv.split("=", 1)[0].strip() for kv in overrides or [] if "=" in kv}
+
+
+def named_decoder(args: argparse.Namespace, cfg: DecodeConfig) -> str | None:
+    """The decoder the user chose (``--decoder``, ``--set decoder=``, or a ``--conf`` file), else None."""
+    if getattr(args, "decoder", None):
+        return args.decoder
+    if "decoder" in explicit_keys(args.set) or getattr(args, "conf", None):
+        return cfg.decoder
+    return None
+
+
+def apply_tuned(
+    cfg: DecodeConfig, exp_dir: str | Path, explicit: set[str], lm_given: bool, decoder_named: str | None
+) -> DecodeConfig:
+    """Use the model dir's tuned LM settings where the user did not choose otherwise (see module doc)."""
+    info = read_tuned(exp_dir)
+    if info is None or decoder_named == "greedy":
+        return cfg
+    if lm_given:
+        if not cfg.lm or not Path(cfg.lm).is_file() or sha256(cfg.lm) != info["sha256"]:
+            log.info("%s: tuned for another LM; using the configured weights for %s", exp_dir, cfg.lm)
+            return cfg
+    elif "lm" not in explicit:
+        cfg.lm, cfg.decoder = info["lm"], "beam"
+    for key in TUNED_KEYS:
+        if key not in explicit:
+            setattr(cfg, key, float(info[key]))
+    log.info("%s: LM weights tuned on %s: alpha %g beta %g unk_penalty %g", exp_dir, info.get("tuned_on"),
+             cfg.alpha, cfg.beta, cfg.unk_penalty)
+    return cfg
+
+
+def _cmd_tune_lm(args: argparse.Namespace) -> int:
+    from asr.datadir import DataDir
+    from asr.decode import _config, log_probs_of
+    from asr.decoders.lm import load_lm
+    from asr.modeldir import ModelDir
+
+    exp_dir, data_dir = Path(args.exp_dir), Path(args.data_dir)
+    args.decoder, args.nbest = "beam", None
+    cfg = _config(args)
+    if not cfg.lm:
+        raise AsrError("tune-lm needs --lm (or lm: in --conf)")
+    data = DataDir.load(data_dir)
+    if not data.text:
+        raise AsrError(f"{data_dir}/text: needed to tune on")
+    md = ModelDir.load(exp_dir, args.checkpoint)
+    batches = [(n, lp, lens) for n, lp, lens, _ in log_probs_of(md, data_dir, None, args.batch_size) if n]
+    rows = grid_search(batches, data.text, md.tokens.symbols, cfg, load_lm(cfg.lm), args.alpha, args.beta,
+                       args.unk_penalty)
+    row = best(rows)
+    out_dir = Path(args.out) if args.out else exp_dir / f"tune_lm_{data_dir.name}"
+    with atomic_open(out_dir / "results.tsv", "w") as f:
+        f.write("alpha\tbeta\tunk_penalty\twer\n")
+        for w, a, b, p in rows:
+            f.write(f"{a}\t{b}\t{p}\t{w:.2f}\n")
+    cfg.alpha, cfg.beta, cfg.unk_penalty = row[1:]
+    dump(cfg, out_dir / "best.yaml")
+    where = f"{out_dir}/best.yaml"
+    if not args.no_install:
+        where += f" and {install(exp_dir, cfg.lm, row, str(data_dir))}"
+    print(f"best: alpha {row[1]} beta {row[2]} unk_penalty {row[3]} WER {row[0]:.2f} % (written to {where})")
+    return 0
+
+
+def register(subparsers) -> None:
+    from asr.decode import _common
+
+    p = subparsers.add_parser("tune-lm", help="pick LM weight, word bonus and OOV penalty on a dev set")
+    _common(p)
+    p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5])
+    p.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--unk-penalty", type=float, nargs="+", default=[-10.0])
+    p.add_argument("--no-install", action="store_true",
+                   help="only report: do not copy the LM and the winning weights into the model dir")
+    p.set_defaults(func=_cmd_tune_lm)
