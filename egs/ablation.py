@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=Path, required=True)
     p.add_argument("--run", action="store_true", help="run the rows first (finished stages are skipped)")
     p.add_argument("--only", nargs="+", help="run only these rows (the table still lists all)")
-    p.add_argument("make_args", nargs="*", help="make arguments common to every row (after --)")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])
+    args.make_args = argv[split + 1 :]  # make arguments common to every row
     rows = read_rows(args.rows)
     if args.run:
         for name, _, row_args in rows:
