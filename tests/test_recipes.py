@@ -145,8 +145,20 @@ def _snapshot(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
+# Every optional stage and training option on: speed perturbation and a noisy copy (stage 3), VTLP,
+# SpecAugment, the conv front-end, LR warm-up, and the LM weights tuned on dev (stage 8).
+ALL_ON = [
+    "SPEED_PERTURB=1.1",
+    "NOISE_SNR=10 20",
+    "NOISE_OPTS=--noise pink",
+    "TRAIN_OPTS=--set vtlp.enabled=true --set specaug=true --set specaug_opts.freq_width=5 "
+    "--set model.frontend=conv2d --set model.frontend_subsample=1 --set schedule.warmup_steps=2",
+]
+TRAIN_DATA = "train_sp1.1_noise10_20"
+
+
 def test_demo_smoke_stage_by_stage(tmp_path):
-    """SMALL=1 demo (tiny corpus, 1-epoch debug model) one stage at a time, then a no-op rerun."""
+    """SMALL=1 demo (tiny corpus, 1-epoch debug model), every option on, one stage at a time, then a no-op rerun."""
     missing = _missing_commands()
     if missing:
         pytest.skip(f"asr commands not implemented yet: {', '.join(missing)}")
@@ -156,9 +168,9 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     stages = {
         1: ["corpus/prompts.tsv"],
         2: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("wav.scp", "text", "utt2spk", "spk2utt")],
-        3: ["data/train/utt2spk"],  # no augmentation asked for: training reads data/train itself
-        4: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
-        + ["data/train/cmvn_global.ark"],
+        3: [f"data/{TRAIN_DATA}/utt2spk", "data/train_sp1.1/wav.scp", "data/train_noise/utt2snr"],
+        4: [f"data/{s}/{f}" for s in (TRAIN_DATA, "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
+        + [f"data/{TRAIN_DATA}/cmvn_global.ark"],
         5: ["data/lang/tokens.txt"],
         6: ["data/lm/lm.arpa"],
         7: ["exp/debug/final.pt", "exp/debug/config.yaml", "exp/debug/tokens.txt"],
@@ -171,7 +183,7 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     names = ["download", "data", "augment", "feats", "tokens", "lm", "train", "tune", "decode", "score", "results",
              "report"]
     for n, outputs in stages.items():
-        proc = make(work, "demo", "SMALL=1", "NJ=1", f"STAGE={n}", f"STOP_STAGE={n}")
+        proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON, f"STAGE={n}", f"STOP_STAGE={n}")
         assert proc.returncode == 0, f"stage {n}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         assert re.search(rf"stage {n} {names[n - 1]}: .* -> ", proc.stdout), proc.stdout
         for f in outputs:
@@ -183,15 +195,22 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     assert len(hyp) == len(DataDir.load(work / "data" / "test").utts)
     results = (work / "RESULTS.md").read_text()
     assert "decode_test_greedy" in results and "seed: 1" in results
+    assert f"training data: `data/{TRAIN_DATA}` (speed perturbation: 1.1; noise SNR dB: 10 20)" in results
+    # Training read the original, the perturbed and the noisy copy, with the options it was given.
+    n_train = len(DataDir.load(work / "data" / "train").utts)
+    assert len(DataDir.load(work / "data" / TRAIN_DATA).utts) == 3 * n_train
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    assert config["vtlp"]["enabled"] and config["specaug"] and config["model"]["frontend"] == "conv2d"
+    assert f"{3 * n_train} train" in (exp / "train.log").read_text()
 
     before = _snapshot(work)
-    proc = make(work, "demo", "SMALL=1", "NJ=1")
+    proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("up to date, skipped") == 12, proc.stdout
     assert _snapshot(work) == before
 
     # A changed setting reruns only the stages that depend on it.
-    proc = make(work, "demo", "SMALL=1", "NJ=1", "SCORE_OPTS=--case lower", "STOP_STAGE=10")
+    proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON, "SCORE_OPTS=--case lower", "STOP_STAGE=10")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ran = re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout)
     assert ran == ["10"], proc.stdout
