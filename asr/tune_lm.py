@@ -1,9 +1,10 @@
 """``asr tune-lm``: pick the LM weight (alpha), word bonus (beta) and OOV penalty on a dev set, and keep them.
 
-The grid point with the lowest dev %WER wins (ties: the earliest in grid order, i.e. the smallest
-alpha, then beta, then the mildest penalty). The model's posteriors are computed once; each grid point
-is one beam search over them. Results go to ``EXP/tune_lm_<dev>/results.tsv`` and ``best.yaml``, and
-the winner is installed in the model dir, which is what makes the tuning stick:
+The grid point with the lowest dev %WER wins; among equals the one nearest the configured weights
+(``--conf``/``--set``), so a dev set that cannot tell them apart leaves them where they were. The
+model's posteriors are computed once; each grid point is one beam search over them. Results go to
+``EXP/tune_lm_<dev>/results.tsv`` and ``best.yaml``, and the winner is installed in the model dir,
+which is what makes the tuning stick:
 
 - ``EXP/lm.arpa``: a copy of the LM (the model dir describes itself and outlives data/lm);
 - ``EXP/lm_tuned.yaml``: ``lm`` (file name in EXP), ``sha256`` of it, ``alpha``, ``beta``,
@@ -79,9 +80,17 @@ def grid_search(
     return rows
 
 
-def best(rows: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
-    """The row of lowest WER; the first in grid order among equals."""
-    return min(rows, key=lambda r: r[0])
+def best(
+    rows: list[tuple[float, float, float, float]], prior: tuple[float, float, float] | None = None
+) -> tuple[float, float, float, float]:
+    """The row of lowest WER. Among equals, the one nearest the configured ``prior`` (alpha, beta,
+    unk_penalty): a dev set that cannot tell the weights apart should not move them (a small or
+    easy dev set often scores the whole grid alike). Without a prior, the first in grid order."""
+    low = min(r[0] for r in rows)
+    ties = [r for r in rows if r[0] == low]
+    if prior is None:
+        return ties[0]
+    return min(ties, key=lambda r: sum(abs(a - b) for a, b in zip(r[1:], prior, strict=True)))
 
 
 def install(exp_dir: Path, lm_path: str | Path, row: tuple[float, float, float, float], dev: str) -> Path:
@@ -163,9 +172,10 @@ def _cmd_tune_lm(args: argparse.Namespace) -> int:
         raise AsrError(f"{data_dir}/text: needed to tune on")
     md = ModelDir.load(exp_dir, args.checkpoint)
     batches = [(n, lp, lens) for n, lp, lens, _ in log_probs_of(md, data_dir, None, args.batch_size) if n]
+    prior = (cfg.alpha, cfg.beta, cfg.unk_penalty)
     rows = grid_search(batches, data.text, md.tokens.symbols, cfg, load_lm(cfg.lm), args.alpha, args.beta,
                        args.unk_penalty)
-    row = best(rows)
+    row = best(rows, prior)
     out_dir = Path(args.out) if args.out else exp_dir / f"tune_lm_{data_dir.name}"
     with atomic_open(out_dir / "results.tsv", "w") as f:
         f.write("alpha\tbeta\tunk_penalty\twer\n")

@@ -55,7 +55,10 @@ def test_grid_picks_the_point_of_lowest_dev_wer(tmp_path):
                        [0.0])
     assert [r[0] for r in rows] == [50.0, 0.0, 50.0]
     assert best(rows) == (0.0, 0.1, 0.0, 0.0)
-    assert best([(10.0, 0.5, 1.0, -10.0), (5.0, 1.0, 0.0, -10.0), (5.0, 1.5, 0.0, -10.0)]) == (5.0, 1.0, 0.0, -10.0)
+    tied = [(10.0, 0.5, 1.0, -10.0), (5.0, 1.0, 0.0, -10.0), (5.0, 1.5, 0.0, -10.0)]
+    assert best(tied) == (5.0, 1.0, 0.0, -10.0)  # no prior: the first in grid order
+    assert best(tied, prior=(1.4, 0.0, -10.0)) == (5.0, 1.5, 0.0, -10.0)  # equals: nearest the configured weights
+    assert best(tied, prior=(0.5, 1.0, -10.0)) == (5.0, 1.0, 0.0, -10.0)  # the worse row never wins
 
 
 @pytest.fixture(scope="module")
