@@ -176,11 +176,20 @@ def _config(args: argparse.Namespace) -> DecodeConfig:
     else:
         # The defaults ship inside the package (asr/conf, kept equal to the repo's conf/ by a test), so an
         # installed wheel decodes with the same settings as a checkout, whatever the working directory.
-        name = f"decode_{args.decoder or DecodeConfig.decoder}.yaml"
-        with resources.as_file(resources.files("asr") / "conf" / name) as default:
+        decoder = args.decoder or ("wfst" if getattr(args, "graph", None) else DecodeConfig.decoder)
+        packaged = resources.files("asr") / "conf" / f"decode_{decoder}.yaml"
+        with resources.as_file(packaged) as default:
             cfg = load(DecodeConfig, default, args.set)
     if args.decoder:
         cfg.decoder = args.decoder
+    if getattr(args, "graph", None):
+        cfg.graph = args.graph
+        if not args.decoder:
+            cfg.decoder = "wfst"
+        elif cfg.decoder != "wfst":
+            raise AsrError(f"--graph needs the wfst decoder, not --decoder {cfg.decoder}")
+    if args.lm and cfg.decoder == "wfst":
+        raise AsrError("--lm: the wfst decoder's LM is the one compiled into its graph ('asr make-graph --lm')")
     if args.lm:
         cfg.lm = args.lm
         if not args.decoder:
@@ -226,7 +235,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("decode", help="decode a data dir with a trained model")
     _common(p)
-    p.add_argument("--decoder", choices=["greedy", "beam"])
+    p.add_argument("--decoder", choices=["greedy", "beam", "wfst"],
+                   help="wfst: Kaldi FasterDecoder over a graph from 'asr make-graph' (needs --graph)")
+    p.add_argument("--graph", help="graph dir from 'asr make-graph' (TLG.fst, words.txt); implies --decoder wfst")
     p.add_argument("--nbest", type=int, help="also write an n-best list (nbest file)")
     p.add_argument("--nj", type=int, default=1, help="parallel processes")
     p.add_argument("--tag", help="output dir suffix instead of the decoder name: decode_<set>_<tag>")

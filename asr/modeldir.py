@@ -1,7 +1,8 @@
 """A trained model's directory describes itself (EESEN habit): everything needed to run it lies beside the weights.
 
 ``exp/<tag>/``: ``config.yaml`` (resolved train config incl. the model), ``feats.yaml`` (feature
-extraction + load-time pipeline), ``cmvn_global.ark``, ``tokens.txt`` (+ ``lexicon.txt`` for phones),
+extraction + load-time pipeline), ``cmvn_global.ark``, ``tokens.txt`` (+ ``lexicon.txt`` for phones,
+``bpe.model`` for sentencepiece units),
 and checkpoints (``epoch-N.pt``, ``last.pt``, ``final.pt``) that each carry ``model_args`` (model
 config, input dim, vocabulary size), so a checkpoint alone rebuilds its network.
 
@@ -30,7 +31,7 @@ from asr.features import FeatureConfig, FeaturePipeline, compute_features, read_
 from asr.models import CTCModel, ModelConfig, build_model
 from asr.tokens import TokenTable
 
-META_FILES = ("config.yaml", "feats.yaml", "cmvn_global.ark", "tokens.txt", "lexicon.txt")
+META_FILES = ("config.yaml", "feats.yaml", "cmvn_global.ark", "tokens.txt", "lexicon.txt", "bpe.model")
 # Keys that may change between a run and its resumption (they do not change what is computed; the
 # average* keys only choose which epoch checkpoints make final.pt, which is computed at the end).
 RESUMABLE_KEYS = {
@@ -56,6 +57,7 @@ def write_meta(exp_dir: str | Path, config: Any, data_dir: str | Path, lang_dir:
         (data_dir / "cmvn_global.ark", "cmvn_global.ark"),
         (lang_dir / "tokens.txt", "tokens.txt"),
         (lang_dir / "lexicon.txt", "lexicon.txt"),
+        (lang_dir / "bpe.model", "bpe.model"),  # sentencepiece units: the table cannot encode without it
     ]
     for src, name in sources:
         if src.is_file():

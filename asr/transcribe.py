@@ -30,8 +30,10 @@ from asr.audio import AudioSource, load_wav_scp_entry
 from asr.config import load as load_config
 from asr.datadir import read_kv
 from asr.decoders import DecodeConfig, Hypothesis, make_decoder
+from asr.decoders.hypothesis import word_starts
 from asr.errors import AsrError
 from asr.features import compute_features
+from asr.tokens import WORD_START
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Transcriber:
         segment_seconds: float = 120.0,
         engine: str = "eager",
         progress: bool | None = None,
+        align: bool = False,
     ):
         from asr.modeldir import ModelDir
 
@@ -95,6 +98,9 @@ class Transcriber:
         self.context = max(1, round(context_seconds * self.rate / self.hop)) * self.hop
         self.progress = progress
         self.word_gap = word_gap
+        # Word times from a forced alignment of the hypothesis to its own posteriors (asr.align)
+        # instead of the run of frames around each token's spike.
+        self.align = align
         self.segment_frames = max(1, round(segment_seconds * self.rate / self.hop))
         # chunk + context on both sides + the one second either way that _border may move the end
         self.window = self.chunk + 2 * self.context + 2 * (self.rate // self.hop) * self.hop
@@ -198,6 +204,13 @@ class Transcriber:
     def _decode_segment(self, lp: torch.Tensor, offset: int) -> list[Word]:
         hyp: Hypothesis = self.decoder.decode(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0][0]
         frame_s = self.hop / self.rate
+        if self.align:
+            from asr.align import align_hypothesis, frame_time
+
+            aligned = align_hypothesis(lp, hyp.tokens, self.md.tokens.symbols, self.decode_config.word_boundary,
+                                     max(1, round(self.word_gap / frame_s)))
+            return [Word(w.word, frame_time(w.start, frame_s, offset), frame_time(w.end, frame_s, offset),
+                         round(w.score, 4)) for w in aligned]
         return words_with_times(hyp, lp, self.md.tokens.symbols, self.decode_config.word_boundary, frame_s,
                                 max(1, round(self.word_gap / frame_s)), offset)
 
@@ -239,23 +252,31 @@ def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boun
     A token starting more than ``max_gap`` frames after the previous token's run also starts a new
     word (a pause of at least ``max_gap`` frames): char models are trained on utterances
     that neither start nor end with a word boundary, so in a long recording nothing else marks the
-    border between the last word of one utterance and the first of the next.
+    border between the last word of one utterance and the first of the next. Sentencepiece pieces
+    mark every word's start with ``▁``, the first one's too, so for them a piece starting with ``▁``
+    begins a word and pauses split nothing: the words are exactly ``hyp.words``.
     """
+    starts = word_starts(symbols, symbols.index(boundary) if boundary in symbols else None)
     words: list[Word] = []
     cur: list[tuple[int, int, int]] = []  # (token, first frame, last frame)
     conf: list[float] = []
     probs = lp.exp()
 
     def flush() -> None:
-        if cur:
-            text = "".join(symbols[tok] for tok, _, _ in cur)
+        text = "".join(symbols[tok] for tok, _, _ in cur)
+        if starts is not None:
+            text = text.replace(WORD_START, "")
+        if text:  # a bare "▁" piece followed by another word start spells no word
             start, end = (cur[0][1] + offset) * frame_s, (cur[-1][2] + 1 + offset) * frame_s
             words.append(Word(text, round(start, 3), round(end, 3), round(float(np.mean(conf)), 4)))
         cur.clear()
         conf.clear()
 
     for tok, t, (first, last) in zip(hyp.tokens, hyp.timesteps, token_frames(hyp, lp), strict=True):
-        if symbols[tok] == boundary or (cur and first - cur[-1][2] > max_gap):
+        if starts is not None:
+            if starts[tok]:
+                flush()
+        elif symbols[tok] == boundary or (cur and first - cur[-1][2] > max_gap):
             flush()
             if symbols[tok] == boundary:
                 continue
@@ -343,10 +364,14 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
         decode.decoder = args.decoder
     if args.lm:
         decode.lm = args.lm
+    if getattr(args, "graph", None):
+        decode.graph = args.graph
     named = args.decoder or any(kv.split("=", 1)[0].strip() == "decoder" for kv in args.set)
-    if not named and (args.lm or not args.conf):
+    if not named and (args.lm or getattr(args, "graph", None) or not args.conf):
         # Without a config the default is greedy (fast, no LM needed), but an LM only works in beam search.
-        decode.decoder = "beam" if decode.lm else "greedy"
+        decode.decoder = "wfst" if getattr(args, "graph", None) else "beam" if decode.lm else "greedy"
+    if args.lm and decode.decoder == "wfst":
+        raise AsrError("--lm: the wfst decoder's LM is the one compiled into its graph ('asr make-graph --lm')")
     if decode.lm and decode.decoder == "greedy":
         raise AsrError("--lm needs the beam decoder (--decoder beam)")
     return decode
@@ -361,7 +386,8 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     decode = apply_tuned(decode, args.model_dir, explicit_keys(args.set), bool(args.lm), named_decoder(args, decode))
     engine = args.engine
     tr = Transcriber(
-        args.model_dir, decode, checkpoint=args.checkpoint, chunk_seconds=args.chunk_seconds, engine=engine
+        args.model_dir, decode, checkpoint=args.checkpoint, chunk_seconds=args.chunk_seconds, engine=engine,
+        align=args.align,
     )
     done, failed = [], 0
     for key, source in expand_inputs(args.files, tr.rate):
@@ -391,8 +417,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files with a trained model dir")
     p.add_argument("model_dir")
     p.add_argument("files", nargs="+", help="audio files, directories, wav.scp files, or - for stdin")
-    p.add_argument("--decoder", choices=["greedy", "beam"],
-                   help="default: beam with --lm, else what --conf says, else greedy")
+    p.add_argument("--decoder", choices=["greedy", "beam", "wfst"],
+                   help="default: beam with --lm, wfst with --graph, else what --conf says, else greedy")
+    p.add_argument("--graph", help="graph dir from 'asr make-graph' for the wfst decoder; implies --decoder wfst")
     p.add_argument("--conf", help="decoder config YAML (conf/decode_beam.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a decoder setting")
     p.add_argument("--lm", help="ARPA word n-gram LM; implies --decoder beam")
@@ -403,4 +430,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engine", default="eager", help="'eager', or a TorchScript (.ts) or ONNX (.onnx) file from 'asr export'"
     )
+    p.add_argument("--align", action="store_true",
+                   help="word times from a forced alignment of the hypothesis (as 'asr align') instead of its spikes")
     p.set_defaults(func=_cmd_transcribe)

@@ -140,7 +140,7 @@ def apply_tuned(
 ) -> DecodeConfig:
     """Use the model dir's tuned LM settings where the user did not choose otherwise (see module doc)."""
     info = read_tuned(exp_dir)
-    if info is None or decoder_named == "greedy":
+    if info is None or decoder_named == "greedy" or cfg.decoder == "wfst":  # a graph holds its own LM
         return cfg
     if lm_given:
         if not cfg.lm or not Path(cfg.lm).is_file() or sha256(cfg.lm) != info["sha256"]:

@@ -55,6 +55,8 @@ TEST_SETS ?= test
 DECODE_SETS ?= $(TEST_SETS)
 UNIT ?= char
 LEXICON ?=
+# UNIT=bpe or unigram: the sentencepiece vocabulary size
+VOCAB_SIZE ?=
 CONF ?= $(ROOT)/conf
 FEATS_CONF ?= $(CONF)/fbank.yaml
 TRAIN_CONF ?= $(CONF)/blstm.yaml
@@ -182,8 +184,8 @@ feats: augment
 	$(stage_done)
 
 tokens: data
-	@$(call stage,5,tokens,data/$(TRAIN_SET)/text,$(LANG_DIR)/tokens.txt,$(UNIT) $(LEXICON),2-data,$(LEXICON))
-	$(ASR) make-tokens data/$(TRAIN_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON))
+	@$(call stage,5,tokens,data/$(TRAIN_SET)/text,$(LANG_DIR)/tokens.txt,$(UNIT) $(LEXICON) $(VOCAB_SIZE),2-data,$(LEXICON))
+	$(ASR) make-tokens data/$(TRAIN_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
 	$(stage_done)
 
 lm: data

@@ -113,7 +113,7 @@ def test_decode_bad_input(exp, tmp_path, capsys):
     assert "bad.arpa:5" in capsys.readouterr().err
 
 
-DECODE_DEFAULTS = ("decode_beam.yaml", "decode_greedy.yaml")
+DECODE_DEFAULTS = ("decode_beam.yaml", "decode_greedy.yaml", "decode_wfst.yaml")
 REPO = Path(__file__).resolve().parents[1]
 
 

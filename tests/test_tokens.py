@@ -1,4 +1,4 @@
-"""Token tables: chars and phones, tokens.txt round trip, coverage errors, make-tokens CLI."""
+"""Token tables: chars and phones, tokens.txt round trip, coverage errors, make-tokens CLI (BPE: test_bpe.py)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,17 @@ def test_make_tokens_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert t.decode(t.encode("TWO THREE")) == "TWO THREE"
     assert main(["make-tokens", str(tmp_path / "text"), str(tmp_path / "l2"), "--unit", "phone"]) == 1
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_stale_lexicon_or_bpe_model_beside_tokens_is_ignored(tmp_path: Path) -> None:
+    # make-tokens into a lang dir of another unit leaves the other unit's file behind; the symbols of
+    # tokens.txt decide which one belongs to it.
+    (tmp_path / "text").write_text("a YES NO\nb NO YES\n")
+    (tmp_path / "lex.txt").write_text("YES Y EH S\nNO N OW\n")
+    bpe = make_tokens(tmp_path / "text", tmp_path / "lang", unit="bpe", vocab_size=12)
+    phone = make_tokens(tmp_path / "text", tmp_path / "lang", unit="phone", lexicon=tmp_path / "lex.txt")
+    assert (tmp_path / "lang" / "bpe.model").is_file() and TokenTable.load(tmp_path / "lang") == phone
+    bpe = make_tokens(tmp_path / "text", tmp_path / "lang", unit="bpe", vocab_size=12)
+    assert TokenTable.load(tmp_path / "lang") == bpe and bpe.lexicon is None
+    char = make_tokens(tmp_path / "text", tmp_path / "lang")
+    assert TokenTable.load(tmp_path / "lang") == char and char.unit == "char"

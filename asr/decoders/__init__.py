@@ -11,6 +11,10 @@ def make_decoder(symbols: list[str], config: DecodeConfig):
         from asr.decoders.greedy import GreedyDecoder
 
         return GreedyDecoder(symbols, config)
+    if config.decoder == "wfst":
+        from asr.decoders.wfst import WfstDecoder
+
+        return WfstDecoder(symbols, config)
     from asr.decoders.beam import BeamSearchDecoder
 
     return BeamSearchDecoder(symbols, config)

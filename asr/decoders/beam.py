@@ -14,6 +14,10 @@ from doing little per frame, not from the language:
 The fused score is ``log P_ctc + alpha log P_lm(words) + beta |words|`` (+ OOV penalties and
 hotword bonuses); without an LM it is the exact prefix probability, which is what the tests compare
 with exhaustive search.
+
+Words end at a word-boundary token (``<space>`` of char tables) or, for sentencepiece pieces,
+where a piece starting with ``▁`` begins the next word; the last word of a hypothesis ends with the
+utterance. Phone tables have neither: every token is a word, and only plain search applies.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import math
 import numpy as np
 import torch
 
-from asr.decoders.hypothesis import DecodeConfig, Hypothesis, check_inputs, words_from_tokens
+from asr.decoders.hypothesis import DecodeConfig, Hypothesis, check_inputs, word_starts, words_from_tokens
 from asr.decoders.lexicon import WordTrie, prefix_free, read_word_list, spell
 from asr.decoders.lm import BOS, EOS, UNK, ArpaLM, KenLM, load_lm
+from asr.decoders.pieces import PieceSpeller, PieceTrie
 from asr.errors import AsrError
+from asr.tokens import WORD_START
 
 NEG = -np.inf
 FLOOR = -1e4  # log-prob of "impossible": exp() is 0, yet sums over frames stay exact to ~1e-9
@@ -41,16 +47,24 @@ class BeamSearchDecoder:
         self.cfg = cfg = config or DecodeConfig()
         self.V = len(self.symbols)
         self.boundary = self.symbols.index(cfg.word_boundary) if cfg.word_boundary in self.symbols else None
-        if (cfg.lm or lm or cfg.lexicon or cfg.hotwords) and self.boundary is None:
+        # (V,) bool of the word-start pieces of a sentencepiece table; None for chars and phones.
+        self.starts = word_starts(self.symbols, self.boundary)
+        if (cfg.lm or lm or cfg.lexicon or cfg.hotwords) and self.boundary is None and self.starts is None:
             raise AsrError(
-                f"an LM, lexicon or hotwords need the word boundary symbol {cfg.word_boundary!r} in the token table"
+                f"an LM, lexicon or hotwords need the word boundary symbol {cfg.word_boundary!r} (or "
+                "sentencepiece pieces) in the token table"
             )
         self.lm = lm if lm is not None else (load_lm(cfg.lm) if cfg.lm else None)
         skip = {0} if self.boundary is None else {0, self.boundary}
+        self.skip = skip
+        if self.starts is not None:
+            self.speller = PieceSpeller(self.symbols, self.starts, skip)
+            # What each piece adds to the word it is part of: word starts without their "▁".
+            self.text = [s[len(WORD_START) :] if st else s for s, st in zip(self.symbols, self.starts, strict=True)]
         self.trie, self.hard, special = None, False, []
         if cfg.lexicon:
             words = read_word_list(cfg.lexicon)
-            self.trie, self.hard = WordTrie(words, self.symbols, skip), True
+            self.trie, self.hard = self._new_trie(words), True
             self.lexicon_words = set(words)
             if self.trie.size == 1:
                 raise AsrError(f"{cfg.lexicon}: none of its words can be spelled with the tokens")
@@ -59,16 +73,12 @@ class BeamSearchDecoder:
             # the tokens spell them they get trie nodes of their own (penalised like non-words, see
             # ``_tables``), so that a trie node names one word to the LM cache (``_word_classes``).
             vocab = sorted(self.lm.vocab)
-            special = [w for w in (BOS, EOS, UNK) if w not in self.lm.vocab and spell(w, self.symbols, skip)]
-            self.trie = WordTrie(vocab + special, self.symbols, skip)
+            special = [w for w in (BOS, EOS, UNK) if w not in self.lm.vocab and self._spell(w)]
+            self.trie = self._new_trie(vocab + special)
         self.n_real = len(self.trie.words) - len(special) if self.trie is not None else 0
         if self.lm is not None and self.lm.vocab is not None:
             from_lm = self.trie is not None and not self.hard
-            missing = (
-                set(self.trie.missing)
-                if from_lm
-                else {w for w in self.lm.vocab if spell(w, self.symbols, skip) is None}
-            )
+            missing = set(self.trie.missing) if from_lm else {w for w in self.lm.vocab if self._spell(w) is None}
             if len(missing) == len(self.lm.vocab):
                 sample = ", ".join(sorted(self.lm.vocab)[:3])
                 raise AsrError(
@@ -78,7 +88,7 @@ class BeamSearchDecoder:
         self.hotset: set[str] = {w for h in cfg.hotwords for w in h.split()}
         self.hot = None
         if self.hotset:
-            self.hot = WordTrie(sorted(self.hotset), self.symbols, skip, {w: cfg.hotword_bonus for w in self.hotset})
+            self.hot = self._new_trie(sorted(self.hotset), {w: cfg.hotword_bonus for w in self.hotset})
         self.plain = self.lm is None and self.trie is None and self.hot is None
         # Whether a prefix can score -inf (or NaN) and must be kept out of the beam; else that
         # check is skipped. A non-finite word score found later sets it (see ``_word_score``).
@@ -88,13 +98,24 @@ class BeamSearchDecoder:
         self._tables()
         self._alloc(4096)
 
+    def _spell(self, word: str) -> list[int] | None:
+        return spell(word, self.symbols, self.skip) if self.starts is None else self.speller(word)
+
+    def _new_trie(self, words: list[str], weights: dict[str, float] | None = None) -> WordTrie | PieceTrie:
+        if self.starts is None:
+            return WordTrie(words, self.symbols, self.skip, weights)
+        return PieceTrie(words, self.symbols, self.starts, self.skip, weights)
+
     def _word_classes(self, skip: set[int]) -> None:
         # Completing a word costs an LM query per (context, word). When each trie node names one
         # string (prefix-free spelling symbols), every word outside the LM vocabulary (or outside a
         # lexicon) scores alike, so words are keyed by their trie node, all outsiders share one
         # class, and the word string is only spelled out on a cache miss. Hotwords give words
         # outside the LM their own bonuses, so they keep the string path.
-        self.by_class = self.trie is not None and self.hot is None and prefix_free(self.symbols, skip)
+        # A piece trie's nodes are character prefixes: each names one string by construction.
+        self.by_class = (
+            self.trie is not None and self.hot is None and (self.starts is not None or prefix_free(self.symbols, skip))
+        )
         if self.by_class:
             # Class 0: the empty word (root); of a final node: the node; of everything else: ``other``.
             self.other = self.trie.size + 1
@@ -115,19 +136,29 @@ class BeamSearchDecoder:
             t_pen[self.trie.origin >= self.n_real] = miss  # prefixes of <s>, </s>, <unk> only
             self.t_tab = t_pen[self.trie.next]
             real_word = self.trie.final & (self.trie.word_of < self.n_real)
-            self.t_tab[:, b] = np.where(real_word, 0.0, miss)
-            self.t_tab[0, b] = 0.0
+            done = np.where(real_word, 0.0, miss)
+            done[0] = 0.0
             if self.lm is not None:
-                self.t_tab[:, b] += self.cfg.beta
+                done += self.cfg.beta
+            if self.starts is None:
+                self.t_tab[:, b] = done
+            else:
+                # A word-start piece completes the word before it and enters the node of its own text
+                # (the column of t_tab already holds what entering that node adds).
+                self.t_tab[:, self.starts] += done[:, None]
         if self.hot is not None:
             self.h_tab = self.hot.bonus[self.hot.next]
-            self.h_tab[:, b] = np.where(self.hot.final, self.hot.bonus, 0.0)
+            done = np.where(self.hot.final, self.hot.bonus, 0.0)
             if self.lm is not None and self.trie is None:
-                self.h_tab[:, b] += self.cfg.beta
+                done += self.cfg.beta
+            if self.starts is None:
+                self.h_tab[:, b] = done
+            else:
+                self.h_tab[:, self.starts] += done[:, None]
         self.b_tab = None
         if self.trie is None and self.hot is None and self.lm is not None:
             self.b_tab = np.zeros(self.V)
-            self.b_tab[b] = self.cfg.beta
+            self.b_tab[b if self.starts is None else self.starts] = self.cfg.beta
 
     def _pending(self, nodes: np.ndarray, C: np.ndarray) -> np.ndarray:
         """``(B, K)`` score change of extending prefixes ``nodes`` with tokens ``C`` (see ``_tables``)."""
@@ -181,7 +212,12 @@ class BeamSearchDecoder:
         w = self.wcache.get(node)
         if w is None:
             tok = self.token[node]
-            w = "" if node == 0 or tok == self.boundary else self._word(int(self.parent[node])) + self.symbols[tok]
+            if node == 0:
+                w = ""
+            elif self.starts is not None:  # a word-start piece begins the word afresh
+                w = self.text[tok] if self.starts[tok] else self._word(int(self.parent[node])) + self.text[tok]
+            else:
+                w = "" if tok == self.boundary else self._word(int(self.parent[node])) + self.symbols[tok]
             self.wcache[node] = w
         return w
 
@@ -262,6 +298,17 @@ class BeamSearchDecoder:
             self.hnode[a:z] = hn
             pending = self.hot.bonus[hn] if pending is None else pending + self.hot.bonus[hn]
         self.extra[a:z] = com if pending is None else com + pending
+        if self.starts is not None:
+            # A word-start piece completes its parent's word; it already stands in its own word's
+            # trie nodes, whose pending score is kept on top of the completed one.
+            sp = self.starts[tok].nonzero()[0]
+            if len(sp):
+                sc, ctx = self._complete(par[sp])
+                nodes = sp + a
+                self.committed[nodes] = sc
+                self.extra[nodes] = sc if pending is None else sc + pending[sp]
+                self.ctx[nodes] = ctx
+            return ids
         sp = (tok == self.boundary).nonzero()[0]
         if len(sp):
             sc, ctx = self._complete(par[sp])
@@ -456,7 +503,7 @@ class BeamSearchDecoder:
                 node = int(self.parent[node])
             path.reverse()
             toks = self.token[path].tolist()
-            words = words_from_tokens(toks, self.symbols, self.boundary)
+            words = words_from_tokens(toks, self.symbols, self.boundary, self.starts is not None)
             out.append(Hypothesis(toks, words, float(fused[i]), self.frame[path].tolist()))
         return out
 

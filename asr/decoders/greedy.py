@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from asr.decoders.hypothesis import DecodeConfig, Hypothesis, check_inputs, words_from_tokens
+from asr.decoders.hypothesis import DecodeConfig, Hypothesis, check_inputs, word_starts, words_from_tokens
 
 
 class GreedyDecoder:
@@ -16,6 +16,7 @@ class GreedyDecoder:
         self.config = config or DecodeConfig(decoder="greedy")
         b = self.config.word_boundary
         self.boundary = self.symbols.index(b) if b in self.symbols else None
+        self.pieces = word_starts(self.symbols, self.boundary) is not None
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
         """``log_probs (B, T, V)``, ``lengths (B,)`` -> one single-item n-best list per utterance."""
@@ -31,6 +32,6 @@ class GreedyDecoder:
         for i in range(b):
             frames = np.nonzero(keep[i])[0]
             toks = best[i, frames].tolist()
-            words = words_from_tokens(toks, self.symbols, self.boundary)
+            words = words_from_tokens(toks, self.symbols, self.boundary, self.pieces)
             out.append([Hypothesis(toks, words, float(scores[i]), frames.tolist())])
         return out

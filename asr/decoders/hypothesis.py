@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from asr.errors import AsrError
+from asr.tokens import WORD_START
 
 WORD_BOUNDARY = "<space>"
 
@@ -34,7 +35,7 @@ class Hypothesis:
 class DecodeConfig:
     """Settings of ``asr decode`` (conf/decode_beam.yaml, conf/decode_greedy.yaml)."""
 
-    decoder: Literal["greedy", "beam"] = "beam"
+    decoder: Literal["greedy", "beam", "wfst"] = "beam"
     beam: int = 32
     nbest: int = 1
     # Per-frame token pruning: keep at most token_topk tokens (0 = all), only those above
@@ -58,6 +59,15 @@ class DecodeConfig:
     # growing share of it while being spelled (so it survives pruning until then).
     hotwords: list[str] = field(default_factory=list)
     hotword_bonus: float = 8.0
+    # decoder: wfst. A graph dir from 'asr make-graph' (the LM is compiled into it, lm is unused).
+    graph: str | None = None
+    # Weight of the CTC log-probs against the graph's LM costs; None: 1 / alpha, the beam search's balance.
+    acoustic_scale: float | None = None
+    # Kaldi's --beam (pruning, in scaled cost) and --max-active (states kept per frame).
+    wfst_beam: float = 16.0
+    max_active: int = 7000
+    # Blank log-prob minus log(blank_scale) before decoding, as EESEN's --blank-scale (> 1: fewer blanks).
+    blank_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.beam < 1 or self.nbest < 1:
@@ -66,9 +76,33 @@ class DecodeConfig:
             raise ValueError("cutoff_prob and blank_skip must be in (0, 1]")
 
 
-def words_from_tokens(tokens: list[int], symbols: list[str], boundary: int | None) -> list[str]:
-    """Join token symbols between boundary tokens; without a boundary symbol every token is a word."""
+def word_starts(symbols: list[str], boundary: int | None) -> np.ndarray | None:
+    """``(V,)`` bool: which tokens begin a word, for sentencepiece pieces (``▁...``); else None.
+
+    A table with a word-boundary symbol (chars) marks words with that symbol instead, whatever its
+    characters are.
+    """
+    if boundary is not None:
+        return None
+    starts = np.array([s.startswith(WORD_START) for s in symbols], dtype=bool)
+    return starts if starts.any() else None
+
+
+def words_from_tokens(
+    tokens: list[int], symbols: list[str], boundary: int | None, pieces: bool | None = None
+) -> list[str]:
+    """Join token symbols between boundary tokens; without a boundary symbol every token is a word,
+    except for sentencepiece pieces, where a piece starting with ``▁`` begins a word.
+
+    ``pieces`` says whether ``symbols`` are pieces (see :func:`word_starts`); decoders know it once
+    for all utterances, None works it out here.
+    """
+    if pieces is None:
+        pieces = word_starts(symbols, boundary) is not None
     if boundary is None:
+        if pieces:
+            # Exactly TokenTable.decode: "▁" becomes the space before a word, and empty words vanish.
+            return "".join(symbols[t] for t in tokens).replace(WORD_START, " ").split()
         return [symbols[t] for t in tokens]
     words, cur = [], []
     for t in tokens:
