@@ -8,6 +8,7 @@
 #          4 feats      asr make-feats + compute-cmvn      -> data/<set>/feats.scp, cmvn_global.ark
 #          5 tokens     asr make-tokens                    -> data/lang/tokens.txt
 #          6 lm         asr build-lm (train transcripts)   -> data/lm/lm.arpa      (LM_ORDER= to skip)
+#                       + asr make-graph when DECODERS has wfst -> data/lm/graph[_<unit>]/TLG.fst
 #          7 train      asr train                          -> exp/$(TAG)/final.pt
 #          8 tune       asr tune-lm on the dev set         -> exp/$(TAG)/lm_tuned.yaml (TUNE_LM= to skip)
 #          9 decode     asr decode per set and decoder     -> exp/$(TAG)/decode_<set>_<decoder>/text
@@ -106,6 +107,11 @@ AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB)
 TRAIN_DATA := $(TRAIN_SET)$(AUG_NAME)
 PREP_SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
 SETS := $(sort $(TRAIN_DATA) $(DEV_SET) $(DECODE_SETS))
+# DECODERS may name wfst: stage 6 then also builds a TLG graph (asr make-graph) from LANG_DIR and the
+# LM, and decoding searches it; a phone model's wfst output is words, scored against data/<set>/text.
+WFST := $(filter wfst,$(DECODERS))
+GRAPH ?= data/lm/graph$(if $(filter char,$(UNIT)),,_$(UNIT))
+GRAPH_OPTS ?=
 # Stage 8 picks alpha/beta (and the OOV penalty) on DEV_SET and installs them in the model dir.
 TUNE_LM ?= 1
 TUNE_OPTS ?=
@@ -188,9 +194,10 @@ tokens: data
 	$(ASR) make-tokens data/$(TRAIN_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
 	$(stage_done)
 
-lm: data
-	@$(call stage,6,lm,data/$(TRAIN_SET)/text,$(LM),$(LM_ORDER),2-data)
+lm: data $(if $(WFST),tokens)
+	@$(call stage,6,lm,data/$(TRAIN_SET)/text $(if $(WFST),$(LANG_DIR)),$(LM) $(if $(WFST),$(GRAPH)/TLG.fst),$(LM_ORDER) $(GRAPH_OPTS),2-data $(if $(WFST),5-tokens))
 	$(if $(LM),$(ASR) build-lm data/$(TRAIN_SET)/text --order $(LM_ORDER) -o $(LM))
+	$(if $(WFST),$(ASR) make-graph $(LANG_DIR) --lm $(LM) -o $(GRAPH) $(GRAPH_OPTS))
 	$(stage_done)
 
 train: feats tokens
@@ -208,7 +215,11 @@ decode: tune
 	@$(call stage,9,decode,$(EXP) $(DECODE_SETS:%=data/%) $(LM),$(decode_dirs:%=%/text),$(DECODERS) $(DECODE_SETS) $(DECODE_OPTS),4-feats 6-lm 7-train 8-tune,$(wildcard $(DECODE_CONF)))
 	for s in $(DECODE_SETS); do
 	  for d in $(DECODERS); do
-	    if [ $$d = greedy ]; then opts=""; else opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM))"; fi
+	    case $$d in
+	      greedy) opts="";;
+	      wfst) opts="--graph $(GRAPH)";;  # the graph holds the LM (and, for phones, the lexicon)
+	      *) opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM))";;
+	    esac
 	    $(ASR) decode $(EXP) data/$$s --decoder $$d $$opts $(DECODE_OPTS) --nj $(NJ)
 	  done
 	done
@@ -218,7 +229,8 @@ score: decode
 	@$(call stage,10,score,$(decode_dirs:%=%/text),$(decode_dirs:%=%/wer),$(SCORE_OPTS),9-decode 2-data)
 	for s in $(DECODE_SETS); do
 	  for d in $(DECODERS); do
-	    $(ASR) score data/$${s}$(SCORE_REF_SUFFIX)/text $(EXP)/decode_$${s}_$$d/text --utt2spk data/$$s/utt2spk $(SCORE_OPTS) -o $(EXP)/decode_$${s}_$$d
+	    ref=data/$${s}$(SCORE_REF_SUFFIX)/text; [ $$d = wfst ] && ref=data/$$s/text  # TLG decoding gives words
+	    $(ASR) score $$ref $(EXP)/decode_$${s}_$$d/text --utt2spk data/$$s/utt2spk $(SCORE_OPTS) -o $(EXP)/decode_$${s}_$$d
 	  done
 	done
 	$(stage_done)
