@@ -153,6 +153,7 @@ ALL_ON = [
     "NOISE_OPTS=--noise pink",
     "TRAIN_OPTS=--set vtlp.enabled=true --set specaug=true --set specaug_opts.freq_width=5 "
     "--set model.frontend=conv2d --set model.frontend_subsample=1 --set schedule.warmup_steps=2",
+    "DECODERS=greedy beam wfst",
 ]
 TRAIN_DATA = "train_sp1.1_noise10_20"
 
@@ -172,11 +173,11 @@ def test_demo_smoke_stage_by_stage(tmp_path):
         4: [f"data/{s}/{f}" for s in (TRAIN_DATA, "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
         + [f"data/{TRAIN_DATA}/cmvn_global.ark"],
         5: ["data/lang/tokens.txt"],
-        6: ["data/lm/lm.arpa"],
+        6: ["data/lm/lm.arpa", "data/lm/graph/TLG.fst", "data/lm/graph/words.txt"],
         7: ["exp/debug/final.pt", "exp/debug/config.yaml", "exp/debug/tokens.txt"],
         8: ["exp/debug/lm_tuned.yaml", "exp/debug/lm.arpa"],
-        9: ["exp/debug/decode_test_greedy/text", "exp/debug/decode_test_beam/text"],
-        10: ["exp/debug/decode_test_greedy/wer", "exp/debug/decode_test_beam/wer"],
+        9: [f"exp/debug/decode_test_{d}/text" for d in ("greedy", "beam", "wfst")],
+        10: [f"exp/debug/decode_test_{d}/wer" for d in ("greedy", "beam", "wfst")],
         11: ["RESULTS.md"],
         12: ["exp/debug/report.html"],
     }
