@@ -321,6 +321,16 @@ def make_tokens(
     else:
         raise AsrError(f"--unit {unit!r}: expected char, phone, bpe or unigram")
     table.save(lang_dir)
+    if unit == "phone":
+        # Every pronunciation, not just the first that encoding uses: make-graph's L takes them all.
+        # Per word the source order is kept, so the first pronunciation read back stays the same.
+        lines: dict[str, list[str]] = {}
+        with open(lexicon, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2:
+                    lines.setdefault(parts[0], []).append(" ".join(parts))
+        write_text(Path(lang_dir) / "lexicon.txt", "".join(f"{x}\n" for w in sorted(lines) for x in lines[w]))
     return table
 
 

@@ -78,3 +78,15 @@ def test_stale_lexicon_or_bpe_model_beside_tokens_is_ignored(tmp_path: Path) -> 
     assert TokenTable.load(tmp_path / "lang") == bpe and bpe.lexicon is None
     char = make_tokens(tmp_path / "text", tmp_path / "lang")
     assert TokenTable.load(tmp_path / "lang") == char and char.unit == "char"
+
+
+def test_phone_lang_dir_keeps_every_pronunciation(tmp_path):
+    """make-graph reads lang_dir/lexicon.txt: alternates must survive; encoding still uses the first."""
+    from asr.tokens import TokenTable, make_tokens
+
+    (tmp_path / "lex.txt").write_text("NO N OW\nA AH\nA EY\nYES Y EH S\n")
+    (tmp_path / "text").write_text("u1 A NO\nu2 YES A\n")
+    make_tokens(tmp_path / "text", tmp_path / "lang", "phone", tmp_path / "lex.txt")
+    assert (tmp_path / "lang" / "lexicon.txt").read_text().splitlines() == ["A AH", "A EY", "NO N OW", "YES Y EH S"]
+    table = TokenTable.load(tmp_path / "lang" / "tokens.txt")
+    assert table.decode(table.encode("A NO")) == "AH N OW"

@@ -19,7 +19,15 @@ from asr.export import export
 from asr.models import ModelConfig
 from asr.schedule import ScheduleConfig
 from asr.train import OptimConfig, TrainConfig, train
-from asr.transcribe import AudioSource, Transcriber, format_ctm, format_srt, token_frames, words_with_times
+from asr.transcribe import (
+    AudioSource,
+    Transcriber,
+    _spread,
+    format_ctm,
+    format_srt,
+    token_frames,
+    words_with_times,
+)
 
 
 def yesno_text(path: Path) -> str:
@@ -153,32 +161,42 @@ SYMBOLS = ["<blk>", "<unk>", "<space>", "E", "N", "O", "S", "T", "Y"]
 TINY_RATE, TINY_HOP = 8000, 240  # 10 ms shift x subsample 3 at 8 kHz: one output frame is 30 ms
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
+# A phone table: AN4-like, where the letter S is also a word (EH S) whose phones are phone symbols.
+PHONES = ["<blk>", "<unk>", "EH", "N", "OW", "S", "Y", "Z"]
+LEXICON = {"NO": ["N", "OW"], "OH": ["OW"], "S": ["EH", "S"], "YES": ["Y", "EH", "S"]}
+
+
+def tiny_model(out: Path, symbols: list[str], lexicon: dict[str, list[str]] | None = None) -> Path:
     """An untrained 1x8 BiLSTM (8 kHz, 3-frame stacking and subsampling); tests supply its posteriors."""
     from asr.config import dump, to_dict
     from asr.features import FeatureConfig
     from asr.models import build_model
 
-    out = tmp_path_factory.mktemp("tiny")
     dump(FeatureConfig(sample_rate=TINY_RATE, num_mel_bins=23, cmvn="none", stack=3, subsample=3), out / "feats.yaml")
-    (out / "tokens.txt").write_text("".join(f"{s} {i}\n" for i, s in enumerate(SYMBOLS)))
+    (out / "tokens.txt").write_text("".join(f"{s} {i}\n" for i, s in enumerate(symbols)))
+    if lexicon is not None:
+        (out / "lexicon.txt").write_text("".join(f"{w} {' '.join(p)}\n" for w, p in lexicon.items()))
     cfg = ModelConfig(num_layers=1, hidden=8, dropout=0.0)
-    model = build_model(cfg, 69, len(SYMBOLS))
-    args = {"config": to_dict(cfg), "input_dim": 69, "vocab_size": len(SYMBOLS)}
+    model = build_model(cfg, 69, len(symbols))
+    args = {"config": to_dict(cfg), "input_dim": 69, "vocab_size": len(symbols)}
     torch.save({"model": model.state_dict(), "model_args": args}, out / "final.pt")
     return out
 
 
-def frames(*spec: str | dict[str, float]) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("tiny"), SYMBOLS)
+
+
+def frames(*spec: str | dict[str, float], symbols: list[str] = SYMBOLS) -> torch.Tensor:
     """Log-probs ``(T, V)``: a symbol ("-" is blank) gets 0.9 on its frame, a dict gives several; the
     rest of each frame's mass is spread evenly over the other symbols."""
     rows = []
     for s in spec:
         want = {s: 0.9} if isinstance(s, str) else s
-        want = {SYMBOLS[0] if k == "-" else k: p for k, p in want.items()}
-        rest = (1 - sum(want.values())) / (len(SYMBOLS) - len(want))
-        rows.append([want.get(sym, rest) for sym in SYMBOLS])
+        want = {symbols[0] if k == "-" else k: p for k, p in want.items()}
+        rest = (1 - sum(want.values())) / (len(symbols) - len(want))
+        rows.append([want.get(sym, rest) for sym in symbols])
     return torch.tensor(rows).log()
 
 
@@ -240,3 +258,106 @@ def test_token_frames_of_a_beam_spike_inside_a_run():
     assert token_frames(hyp, lp) == [(1, 3), (4, 5)]
     words = words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=13, offset=100)
     assert [(w.word, w.start, w.end) for w in words] == [("NO", 3.03, 3.18)]
+
+
+def greedy_hyp(lp: torch.Tensor, symbols: list[str], words: list[str]) -> Hypothesis:
+    """The greedy path's tokens and first frames of ``lp``, with ``words`` as a decoder would name them."""
+    best, tokens, steps, prev = lp.argmax(-1).tolist(), [], [], 0
+    for t, tok in enumerate(best):
+        if tok and tok != prev:
+            tokens.append(tok)
+            steps.append(t)
+        prev = tok
+    return Hypothesis(tokens, words, 0.0, steps)
+
+
+def spans(words) -> list[tuple[str, int, int]]:
+    """(word, first frame, frame after the last) at 30 ms frames."""
+    return [(w.word, round(w.start / 0.03), round(w.end / 0.03)) for w in words]
+
+
+def test_phone_words_take_the_runs_their_pronunciations_spell():
+    # YES = Y EH S with a 6-frame pause inside (longer than max_gap, which split char words): one word.
+    lp = frames("-", "Y", "EH", "-", "-", "-", "-", "-", "-", "S", "S", "-", "N", "OW", "OW", "-", symbols=PHONES)
+    hyp = greedy_hyp(lp, PHONES, ["YES", "NO"])
+    words = words_with_times(hyp, lp, PHONES, "<space>", 0.03, max_gap=2, lexicon=LEXICON)
+    assert spans(words) == [("YES", 1, 11), ("NO", 12, 15)]
+    assert words[0].confidence == 0.9
+    # Without a lexicon the words still keep their names and spread over the phones in order.
+    assert [w.word for w in words_with_times(hyp, lp, PHONES, "<space>", 0.03, max_gap=2)] == ["YES", "NO"]
+
+
+def test_phone_words_the_lexicon_does_not_spell_share_the_tokens_between():
+    # YES said Y EH Z: NO still matches from the back, YES takes what lies before it.
+    lp = frames("Y", "EH", "Z", "-", "N", "OW", symbols=PHONES)
+    hyp = greedy_hyp(lp, PHONES, ["YES", "NO"])
+    words = words_with_times(hyp, lp, PHONES, "<space>", 0.03, 2, lexicon=LEXICON)
+    assert spans(words) == [("YES", 0, 3), ("NO", 4, 6)]
+    # Two unknown words over five phones: by letters, 1 + 2 of the 3 spare phones each, in order.
+    hyp.words = ["AB", "CDEF"]
+    words = words_with_times(hyp, lp, PHONES, "<space>", 0.03, 2, lexicon=LEXICON)
+    assert spans(words) == [("AB", 0, 2), ("CDEF", 2, 6)]
+
+
+def test_phone_decoder_words_are_its_phones():
+    # Greedy/beam over a phone table name each phone a word; S EH... must not become the letter S (EH S).
+    lp = frames("Y", "-", "EH", "S", "-", "-", "-", "-", "N", symbols=PHONES)
+    hyp = greedy_hyp(lp, PHONES, ["Y", "EH", "S", "N"])
+    words = words_with_times(hyp, lp, PHONES, "<space>", 0.03, max_gap=2, lexicon=LEXICON)
+    assert spans(words) == [("Y", 0, 1), ("EH", 2, 3), ("S", 3, 4), ("N", 8, 9)]
+
+
+def test_char_words_split_at_pauses_unless_a_graph_named_them():
+    # Y E, a pause past max_gap, S: greedy/beam words are the tokens' own, split there as always ...
+    lp = frames("Y", "E", "-", "-", "-", "-", "S", "-", "<space>", "N", "O")
+    hyp = greedy_hyp(lp, SYMBOLS, ["YES", "NO"])
+    assert spans(words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=2)) == [
+        ("YE", 0, 2), ("S", 6, 7), ("NO", 9, 11)]
+    # ... but the wfst decoder's words are the graph's: kept whole, timed by the letters spelling them.
+    assert spans(words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, 2, words_given=True)) == [
+        ("YES", 0, 7), ("NO", 9, 11)]
+    # A graph with an optional space: words run together in the tokens and are still told apart.
+    lp = frames("Y", "E", "S", "N", "O")
+    hyp = greedy_hyp(lp, SYMBOLS, ["YES", "NO"])
+    assert spans(words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, 2)) == [("YES", 0, 3), ("NO", 3, 5)]
+
+
+def test_spread_keeps_order_and_gives_each_word_a_token_while_there_are_enough():
+    assert _spread([1, 1, 1], 0, 3) == [(0, 1), (1, 2), (2, 3)]
+    assert _spread([3, 1], 2, 8) == [(2, 6), (6, 8)]
+    assert _spread([1, 1, 1], 0, 2) == [(0, 0), (0, 1), (1, 2)]
+    assert _spread([], 0, 0) == []
+
+
+class FixedDecoder:
+    """Stands in for a decoder (e.g. wfst, which needs a graph) that names these words for these tokens."""
+
+    def __init__(self, words: list[str], symbols: list[str]):
+        self.words, self.symbols = words, symbols
+
+    def decode(self, lp: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        return [[greedy_hyp(lp[0], self.symbols, self.words)]]
+
+
+def test_transcriber_times_a_phone_models_words_by_its_lexicon(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path / "phone", PHONES, LEXICON)
+    lp = frames("-", "OW", "Y", "EH", "-", "-", "-", "-", "S", "-", symbols=PHONES)
+    monkeypatch.setattr(Transcriber, "_log_probs", lambda self, wave: lp)
+    tr = Transcriber(model, progress=False)
+    wav = silence(tmp_path / "a.wav", 0.3)
+    assert [w.word for w in tr.transcribe_file(wav).words] == ["OW", "Y", "EH", "S"]  # greedy: phones
+    tr.decoder = FixedDecoder(["OH", "YES"], PHONES)
+    # OH is one phone, though two letters: only the model dir's lexicon tells.
+    assert spans(tr.transcribe_file(wav).words) == [("OH", 1, 2), ("YES", 2, 9)]
+
+
+def test_transcriber_keeps_a_graphs_char_words_whole(tiny_model_dir, tmp_path, monkeypatch):
+    # A pause of 16 frames (0.48 s) between E and S, longer than the Transcriber's word_gap of 0.4 s.
+    lp = frames("Y", "E", *["-"] * 16, "S", "-")
+    monkeypatch.setattr(Transcriber, "_log_probs", lambda self, wave: lp)
+    tr = Transcriber(tiny_model_dir, progress=False)
+    wav = silence(tmp_path / "a.wav", 1.0)
+    assert tr.transcribe_file(wav).text == "YE S"  # greedy: split at the pause, as always
+    tr.decode_config.decoder, tr.decoder = "wfst", FixedDecoder(["YES"], SYMBOLS)
+    t = tr.transcribe_file(wav)
+    assert t.text == "YES" and spans(t.words) == [("YES", 0, 19)]

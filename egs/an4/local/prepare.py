@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CMU AN4 -> ``OUT/{train,dev,test}``, from Sphinx MFCC features or from the sphere audio.
+"""CMU AN4 -> ``OUT/{train,dev,test}`` + ``OUT/local/lexicon.txt``, from Sphinx MFCCs or sphere audio.
 
 - ``CORPUS/feat/{an4_clstk,an4test_clstk}/<spk>/<id>.mfc`` (the features-only copy): each file is
   a big-endian int32 count of floats, then that many big-endian float32 values, 13 per frame.
@@ -12,6 +12,12 @@
 
 Utterance ids are ``<spk>-<id>`` so they sort by speaker. ``--dev-every`` holds out every n-th
 training speaker as dev (AN4 has no dev set).
+
+For phone units, ``etc/an4.dic`` (CMU-style, ``WORD  PH PH ...``, alternates as ``WORD(2)``)
+becomes ``OUT/local/lexicon.txt``: every pronunciation a line of its word, stress digits (if any)
+removed, so it reads like speechocean762's. Each set gets a twin ``<set>_phone`` (text = the first
+pronunciation of every word, utt2spk) to score phone error rate against. A transcript word missing
+from the dictionary is an error: its phone text could not be written.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 
-from asr.atomic import atomic_path
+from asr.atomic import atomic_path, write_text
 from asr.config import dump
 from asr.datadir import write_data_dir
 from asr.errors import AsrError, run_script
@@ -31,6 +37,9 @@ from asr.features import FeatureConfig
 
 SETS = {"train": ("an4_clstk", "an4_train"), "test": ("an4test_clstk", "an4_test")}
 TRANS = re.compile(r"^(?:<s>\s*)?(.*?)\s*(?:</s>\s*)?\((\S+)\)\s*$")
+DICT = "an4.dic"
+# Sphinx marks alternate pronunciations as WORD(2), WORD(3), ...
+ALTERNATE = re.compile(r"^(.+)\(\d+\)$")
 
 
 def read_mfc(path: Path) -> np.ndarray:
@@ -42,6 +51,34 @@ def read_mfc(path: Path) -> np.ndarray:
     if count % 13 or 4 + 4 * count != len(raw):
         raise AsrError(f"{path}: header says {count} floats, file holds {(len(raw) - 4) // 4}")
     return np.frombuffer(raw[4:], dtype=">f4").astype(np.float32).reshape(-1, 13)
+
+
+def read_dictionary(path: Path) -> dict[str, list[list[str]]]:
+    """word -> pronunciations (alternates folded into their word, stress digits dropped), file order,
+    duplicates dropped."""
+    if not path.is_file():
+        raise AsrError(f"{path}: no such file (AN4's pronunciation dictionary; is CORPUS_DIR the AN4 root?)")
+    lex: dict[str, list[list[str]]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise AsrError(f"{path}:{n}: word {parts[0]} has no phones")
+        m = ALTERNATE.match(parts[0])
+        word = m[1] if m else parts[0]
+        pron = [re.sub(r"\d+$", "", p) for p in parts[1:]]
+        prons = lex.setdefault(word, [])
+        if pron not in prons:
+            prons.append(pron)
+    if not lex:
+        raise AsrError(f"{path}: empty dictionary")
+    return lex
+
+
+def phone_texts(text: dict[str, str], lexicon: dict[str, list[list[str]]]) -> dict[str, str]:
+    """utt -> the first pronunciation of each of its words (every word must be in ``lexicon``)."""
+    return {u: " ".join(" ".join(lexicon[w][0]) for w in words.split()) for u, words in text.items()}
 
 
 def read_set(corpus: Path, name: str) -> tuple[dict[str, str], dict[str, str], dict[str, Path]]:
@@ -83,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for name in SETS:
         sets[name] = read_set(corpus, name)
+    dic = corpus / "etc" / DICT
+    lexicon = read_dictionary(dic)
+    # Checked on the whole corpus before anything is written: a partial data/ would look finished.
+    oov = sorted({w for text, _, _ in sets.values() for t in text.values() for w in t.split()} - set(lexicon))
+    if oov:
+        raise AsrError(f"{dic}: {len(oov)} transcript word(s) not in the dictionary: {' '.join(oov[:20])}")
+    lines = [f"{w} {' '.join(pron)}" for w in sorted(lexicon) for pron in lexicon[w]]
+    write_text(args.out / "local" / "lexicon.txt", "\n".join(lines) + "\n")
+    print(f"{args.out / 'local' / 'lexicon.txt'}: {len(lexicon)} words, {len(lines)} pronunciations, "
+          f"{len({p for prons in lexicon.values() for pron in prons for p in pron})} phones")
     text, utt2spk, stems = sets.pop("train")
     speakers = sorted(set(utt2spk.values()))
     dev_spk = set(speakers[args.dev_every - 1 :: args.dev_every])
@@ -111,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             wav = {u: str(corpus / "wav" / s.with_suffix(".sph")) for u, s in stems.items()}
             write_data_dir(d, wav_scp=wav, text=text, utt2spk=utt2spk)
+        # A data dir of its own, so scoring and `asr results` name the set <set>_phone.
+        write_data_dir(args.out / f"{name}_phone", text=phone_texts(text, lexicon), utt2spk=utt2spk)
         print(f"{d}: {len(utt2spk)} utterances, {len(set(utt2spk.values()))} speakers"
               + (" (Sphinx MFCC features)" if mfc else ""))
     return 0
