@@ -286,6 +286,20 @@ def init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def audio_copy_dirs(src: str | Path, dst: str | Path, what: str) -> tuple[DataDir, Path]:
+    """Checks shared by the jobs that write a modified copy of a data dir's audio: the loaded source
+    (which must have readable audio) and the created destination, which must be another dir."""
+    data = DataDir.load(src)
+    if data.wav_scp is None:
+        raise AsrError(f"{data.path}/wav.scp: no such file ({what} needs audio)")
+    check_audio_dir(data.path)
+    dst = Path(dst)
+    if dst.resolve() == data.path.resolve():
+        raise AsrError(f"{dst}: destination must differ from the source")
+    dst.mkdir(parents=True, exist_ok=True)
+    return data, dst
+
+
 def perturb_speed(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -300,14 +314,7 @@ def perturb_speed(
     """
     if not 0.5 <= factor <= 2.0:
         raise AsrError(f"speed factor {factor}: expected a value in [0.5, 2.0], e.g. 0.9 or 1.1")
-    data = DataDir.load(src)
-    if data.wav_scp is None:
-        raise AsrError(f"{data.path}/wav.scp: no such file (speed perturbation needs audio)")
-    check_audio_dir(data.path)
-    dst = Path(dst)
-    if dst.resolve() == data.path.resolve():
-        raise AsrError(f"{dst}: destination must differ from the source")
-    dst.mkdir(parents=True, exist_ok=True)
+    data, dst = audio_copy_dirs(src, dst, "speed perturbation")
     with hold(dst, "asr perturb-speed"):
         return _write_speed_copy(data, dst, factor, sample_rate, nj, progress)
 

@@ -116,7 +116,7 @@ def spellings(lang_dir: Path, table, words: list[str]) -> tuple[list[tuple[int, 
     ``<unk>`` is the ``<unk>`` token unless the lexicon says otherwise.
     """
     from asr.decoders.lexicon import spell
-    from asr.tokens import UNK, UNK_ID
+    from asr.tokens import UNK, UNK_ID, read_pronunciations
 
     symbols, ids = table.symbols, table.ids
     prons: dict[str, list[list[int]]] = {}
@@ -137,15 +137,10 @@ def spellings(lang_dir: Path, table, words: list[str]) -> tuple[list[tuple[int, 
         lexicon = lang_dir / "lexicon.txt"
         if not lexicon.is_file():
             raise AsrError(f"{lang_dir}: a phone token table needs lexicon.txt beside it (word phone phone ...)")
-        with open(lexicon, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) < 2:
-                    raise AsrError(f"{lexicon}:{n}: word {parts[0]} has no phones")
-                if all(p in ids and ids[p] != 0 for p in parts[1:]):
-                    prons.setdefault(parts[0], []).append([ids[p] for p in parts[1:]])
+        for word, spellings in read_pronunciations(lexicon).items():
+            for phones in spellings:
+                if all(p in ids and ids[p] != 0 for p in phones):  # phones the model knows
+                    prons.setdefault(word, []).append([ids[p] for p in phones])
     prons.setdefault(UNK, [[UNK_ID]])
     out, missing = [], []
     for wid, w in enumerate(words):

@@ -35,11 +35,10 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioStream, iter_utterances, load_utterance, load_wav_scp_entry
-from asr.augment import init_worker, write_flac
+from asr.augment import audio_copy_dirs, init_worker, write_flac
 from asr.datadir import KNOWN_FILES, DataDir, Segment, read_kv, write_data_dir, write_kv
 from asr.errors import AsrError
 from asr.lock import hold
-from asr.make_feats import check_audio_dir
 
 log = logging.getLogger(__name__)
 
@@ -306,14 +305,7 @@ def add_noise(
         raise AsrError(f"--snr {low} {high}: an SNR cannot be drawn uniformly up to inf; use --snr inf inf")
     if not prefix or any(c.isspace() or c == "/" for c in prefix):
         raise AsrError(f"--prefix {prefix!r}: expected a non-empty id prefix without spaces or '/'")
-    data = DataDir.load(src)
-    if data.wav_scp is None:
-        raise AsrError(f"{data.path}/wav.scp: no such file (adding noise needs audio)")
-    check_audio_dir(data.path)
-    dst = Path(dst)
-    if dst.resolve() == data.path.resolve():
-        raise AsrError(f"{dst}: destination must differ from the source")
-    dst.mkdir(parents=True, exist_ok=True)
+    data, dst = audio_copy_dirs(src, dst, "adding noise")
     with hold(dst, "asr add-noise"):
         if math.isinf(low):
             return _write_clean_copy(data, dst, prefix)

@@ -46,12 +46,12 @@ def _one_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def read_lexicon(path: str | Path) -> dict[str, list[str]]:
-    """``word -> phones`` of the first pronunciation of each word in a ``word p1 p2 ...`` file."""
+def read_pronunciations(path: str | Path) -> dict[str, list[list[str]]]:
+    """``word -> [phones, ...]``: every pronunciation of each word of a ``word p1 p2 ...`` file, in file order."""
     path = Path(path)
     if not path.is_file():
         raise AsrError(f"{path}: no such lexicon file")
-    lexicon: dict[str, list[str]] = {}
+    prons: dict[str, list[list[str]]] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
@@ -59,10 +59,15 @@ def read_lexicon(path: str | Path) -> dict[str, list[str]]:
                 continue
             if len(parts) < 2:
                 raise AsrError(f"{path}:{n}: word {parts[0]} has no phones")
-            lexicon.setdefault(parts[0], parts[1:])
-    if not lexicon:
+            prons.setdefault(parts[0], []).append(parts[1:])
+    if not prons:
         raise AsrError(f"{path}: empty lexicon")
-    return lexicon
+    return prons
+
+
+def read_lexicon(path: str | Path) -> dict[str, list[str]]:
+    """``word -> phones`` of the first pronunciation of each word (the one encoding uses)."""
+    return {w: p[0] for w, p in read_pronunciations(path).items()}
 
 
 class TokenTable:
@@ -324,13 +329,9 @@ def make_tokens(
     if unit == "phone":
         # Every pronunciation, not just the first that encoding uses: make-graph's L takes them all.
         # Per word the source order is kept, so the first pronunciation read back stays the same.
-        lines: dict[str, list[str]] = {}
-        with open(lexicon, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2:
-                    lines.setdefault(parts[0], []).append(" ".join(parts))
-        write_text(Path(lang_dir) / "lexicon.txt", "".join(f"{x}\n" for w in sorted(lines) for x in lines[w]))
+        prons = read_pronunciations(lexicon)
+        lines = [f"{w} {' '.join(p)}\n" for w in sorted(prons) for p in prons[w]]
+        write_text(Path(lang_dir) / "lexicon.txt", "".join(lines))
     return table
 
 
