@@ -18,7 +18,7 @@ from asr.errors import AsrError
 
 COMMAND_MODULES = [
     "asr.datadir",
-    "asr.features",
+    "asr.make_feats",
     "asr.cmvn",
     "asr.augment",
     "asr.noise",
@@ -30,7 +30,7 @@ COMMAND_MODULES = [
     "asr.tune_lm",
     "asr.lm",
     "asr.graph",
-    "asr.scoring",
+    "asr.score_files",
     "asr.report",
     "asr.results",
     "asr.transcribe",

@@ -202,7 +202,7 @@ def _config(args: argparse.Namespace) -> DecodeConfig:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from asr.tune_lm import apply_tuned, explicit_keys, named_decoder
+    from asr.lm_tuned import apply_tuned, explicit_keys, named_decoder
 
     exp_dir, data_dir = Path(args.exp_dir), Path(args.data_dir)
     cfg = _config(args)

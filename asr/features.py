@@ -15,7 +15,6 @@ A data dir with ``feats.scp`` but no ``wav.scp`` holds precomputed features (e.g
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -359,32 +358,3 @@ class FeaturePipeline:
             x = augment(x)
         x = add_deltas(x, self.cfg.delta_order, self.cfg.delta_window)
         return stack_frames(x, self.cfg.stack, self.cfg.subsample)
-
-
-# ---------------------------------------------------------------- CLI (make-feats lives in asr/make_feats.py)
-
-
-def make_feats(data_dir: str | os.PathLike, cfg: FeatureConfig, nj: int = 1, progress: bool = True):
-    """Extract features for every utterance of ``data_dir``; see :func:`asr.make_feats.make_feats`."""
-    from asr.make_feats import make_feats as _make_feats
-
-    return _make_feats(data_dir, cfg, nj=nj, progress=progress)
-
-
-def _cmd_make_feats(args: argparse.Namespace) -> int:
-    cfg = load_feature_config(args.conf, args.set)
-    result = make_feats(args.data_dir, cfg, nj=args.nj, progress=not args.no_progress)
-    print(result.summary())
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "make-feats", help="compute fbank/MFCC features: DATA/feats.scp, feats.ark, utt2num_frames, feats.yaml"
-    )
-    p.add_argument("data_dir")
-    p.add_argument("--conf", help="feature config YAML (default: built-in 80-dim Kaldi fbank)")
-    p.add_argument("--set", action="append", default=[], metavar="K=V", help="override a config key")
-    p.add_argument("--nj", type=int, default=1, help="parallel jobs (data dir split by speaker)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_make_feats)

@@ -16,6 +16,7 @@ Only one make-feats runs per data dir (:func:`asr.lock.hold`); a second one is r
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import multiprocessing as mp
@@ -37,7 +38,7 @@ from asr.audio import iter_utterances
 from asr.config import dump, from_dict, to_dict
 from asr.datadir import DataDir, split_data_dir, validate_data_dir, write_kv
 from asr.errors import AsrError
-from asr.features import FeatureConfig, compute_features
+from asr.features import FeatureConfig, compute_features, load_feature_config
 from asr.lock import hold
 
 log = logging.getLogger(__name__)
@@ -270,3 +271,25 @@ def make_feats(data_dir: str | os.PathLike, cfg: FeatureConfig, nj: int = 1, pro
     if stale:
         log.warning("%s/%s: computed from the previous features; rerun 'asr compute-cmvn %s'", d, "+".join(stale), d)
     return result
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cmd_make_feats(args: argparse.Namespace) -> int:
+    cfg = load_feature_config(args.conf, args.set)
+    result = make_feats(args.data_dir, cfg, nj=args.nj, progress=not args.no_progress)
+    print(result.summary())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-feats", help="compute fbank/MFCC features: DATA/feats.scp, feats.ark, utt2num_frames, feats.yaml"
+    )
+    p.add_argument("data_dir")
+    p.add_argument("--conf", help="feature config YAML (default: built-in 80-dim Kaldi fbank)")
+    p.add_argument("--set", action="append", default=[], metavar="K=V", help="override a config key")
+    p.add_argument("--nj", type=int, default=1, help="parallel jobs (data dir split by speaker)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_make_feats)

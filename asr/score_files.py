@@ -11,17 +11,20 @@
 - ``confusions.txt``: substitution pairs, inserted words and deleted words, most frequent first.
 - ``scores.json``: all of it machine-readable, for ``asr report`` and ``asr results``
   (schema in :func:`scores_dict`).
+
+The `asr score` and `asr compare` commands live here too (the scoring itself is asr.scoring).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from pathlib import Path
 
 from asr.atomic import write_text
-from asr.bootstrap import bootstrap_ci
-from asr.scoring import ScoreResult, UttScore, ci_line, kaldi_line, rate
+from asr.bootstrap import bootstrap_ci, paired_bootstrap
+from asr.scoring import Normaliser, ScoreResult, UttScore, ci_line, kaldi_line, rate, score_files
 
 SCHEMA_VERSION = 1
 
@@ -205,3 +208,102 @@ def write_outputs(result: ScoreResult, out_dir: str | Path, n_resamples: int = 1
         write_text(out / "per_spk", per_spk_text(result))
     write_text(out / "scores.json", json.dumps(scores_dict(result, n_resamples, seed), indent=1,
                                                ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------- CLI (asr score, asr compare)
+
+
+def _resolve(path: str, name: str) -> Path:
+    """A data/decode dir stands for its ``name`` file (``text``, ``utt2spk``)."""
+    p = Path(path)
+    return p / name if p.is_dir() else p
+
+
+def _normaliser_from_args(args: argparse.Namespace) -> Normaliser:
+    return Normaliser(case=args.case, strip_punct=args.strip_punct, ignore_noise=args.ignore_noise,
+                      ignore=tuple(args.ignore or ()))
+
+
+def _add_norm_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("normalisation (applied to REF and HYP alike)")
+    g.add_argument("--case", choices=["keep", "upper", "lower"], default="keep", help="case mapping")
+    g.add_argument("--strip-punct", action="store_true", help="delete punctuation inside tokens")
+    g.add_argument("--ignore-noise", action="store_true",
+                   help="drop tokens in <...> or [...] such as <UNK> [NOISE]")
+    g.add_argument("--ignore", action="append", metavar="WORD", help="drop this token (repeatable)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    p.add_argument("--strict", action="store_true", help="treat any input problem as an error")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    ref_path = _resolve(args.ref, "text")
+    hyp_path = _resolve(args.hyp, "text")
+    utt2spk = args.utt2spk
+    if utt2spk is None and Path(args.ref).is_dir() and (Path(args.ref) / "utt2spk").is_file():
+        utt2spk = Path(args.ref) / "utt2spk"
+    out_dir = args.out or (args.hyp if Path(args.hyp).is_dir() else None)
+    result = score_files(ref_path, hyp_path, _normaliser_from_args(args), utt2spk, strict=args.strict)
+    if out_dir is not None:
+        write_outputs(result, out_dir, n_resamples=args.bootstrap, seed=args.seed)
+    for line in summary_lines(result, cer=args.cer, n_resamples=args.bootstrap, seed=args.seed):
+        print(line)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    norm = _normaliser_from_args(args)
+    ref_path = _resolve(args.ref, "text")
+    a = score_files(ref_path, _resolve(args.hyp_a, "text"), norm, strict=args.strict)
+    b = score_files(ref_path, _resolve(args.hyp_b, "text"), norm, strict=args.strict)
+    unit, label = ("char", "CER") if args.cer else ("word", "WER")
+    ea, lens = a.arrays(unit)
+    eb, _ = b.arrays(unit)
+    r = paired_bootstrap(ea, eb, lens, n_resamples=args.bootstrap, seed=args.seed)
+    for name, res in (("A", a), ("B", b)):
+        t = res.totals()
+        if unit == "char":
+            print(f"{name}: %CER {rate(t['char_errors'], t['chars']):.2f} [ {t['char_errors']} / {t['chars']} ]"
+                  f"  {res.hyp_path}")
+        else:
+            print(f"{name}: {kaldi_line('WER', t['errors'], t['words'], t['ins'], t['del'], t['sub'])}"
+                  f"  {res.hyp_path}")
+    print(f"B - A: {100 * r['delta']:+.2f} %{label} absolute, 95% CI [ {100 * r['delta_lo']:+.2f} , "
+          f"{100 * r['delta_hi']:+.2f} ] (paired bootstrap over utterances, {args.bootstrap} resamples)")
+    print(f"P(B better) = {r['p_b_better']:.4f}")
+    if args.out:
+        import json
+
+        from asr.atomic import write_text
+        r.update(unit=unit, ref=str(ref_path), hyp_a=a.hyp_path, hyp_b=b.hyp_path,
+                 normalisation=norm.to_dict())
+        write_text(args.out, json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "score", help="WER/CER of a hypothesis text against a reference, Kaldi style",
+        description="Score HYP against REF (Kaldi text files, or data/decode dirs holding 'text'). "
+                    "Writes wer, cer, errs.txt, per_spk, confusions.txt, scores.json into -o DIR "
+                    "(default: HYP when it is a directory).")
+    p.add_argument("ref", metavar="REF", help="reference text file or data dir")
+    p.add_argument("hyp", metavar="HYP", help="hypothesis text file or decode dir")
+    p.add_argument("--utt2spk", help="utt2spk file for the per-speaker table (default: REF/utt2spk)")
+    p.add_argument("--cer", action="store_true", help="also print the %%CER lines (the cer file is always written)")
+    p.add_argument("-o", "--out", metavar="DIR", help="output directory")
+    _add_norm_args(p)
+    p.set_defaults(func=_cmd_score)
+
+    c = subparsers.add_parser(
+        "compare", help="paired bootstrap between two hypotheses on the same reference",
+        description="Paired bootstrap over utterances: the WER difference B - A with its 95%% "
+                    "interval and the probability that B is better than A.")
+    c.add_argument("ref", metavar="REF", help="reference text file or data dir")
+    c.add_argument("hyp_a", metavar="HYP_A", help="system A text file or decode dir")
+    c.add_argument("hyp_b", metavar="HYP_B", help="system B text file or decode dir")
+    c.add_argument("--cer", action="store_true", help="compare character error rates instead")
+    c.add_argument("-o", "--out", metavar="FILE", help="also write the result as JSON")
+    _add_norm_args(c)
+    c.set_defaults(func=_cmd_compare)
+

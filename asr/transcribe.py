@@ -493,7 +493,7 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.atomic import write_text
-    from asr.tune_lm import apply_tuned, explicit_keys, named_decoder
+    from asr.lm_tuned import apply_tuned, explicit_keys, named_decoder
 
     decode = _decode_config(args)
     # A model dir with a tuned LM (asr tune-lm) decodes with it unless told otherwise.

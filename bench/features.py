@@ -4,7 +4,7 @@ Compares, in one process on the same utterances (speechocean762 train, 16 kHz FL
 
 * ``torchaudio loop``: soundfile read + ``torchaudio.compliance.kaldi.fbank`` per utterance, nothing written;
 * ``librosa loop``: soundfile read + ``librosa.feature.melspectrogram`` + log, nothing written;
-* ``make-feats --nj 1/2``: ``asr.features.make_feats`` (reads through asr.audio, writes feats.ark/scp,
+* ``make-feats --nj 1/2``: ``asr.make_feats.make_feats`` (reads through asr.audio, writes feats.ark/scp,
   utt2num_frames, feats.yaml), timed in-process so interpreter start-up is not counted.
 
 Each is run ``--repeats`` times, interleaved, and the best wall time is kept (the machine is shared).
@@ -29,7 +29,8 @@ import torch  # noqa: E402
 import torchaudio.compliance.kaldi as kaldi  # noqa: E402
 
 from asr.datadir import DataDir, read_kv, write_data_dir  # noqa: E402
-from asr.features import FeatureConfig, make_feats  # noqa: E402
+from asr.features import FeatureConfig  # noqa: E402
+from asr.make_feats import make_feats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -116,7 +116,7 @@ def test_tuned_weights_live_in_the_model_dir_and_decode_and_transcribe_use_them(
     assert got["alpha"] == read_yaml(conf)["alpha"]
 
     # A TLG graph carries its own LM: the tuned ARPA never replaces it.
-    from asr.tune_lm import apply_tuned
+    from asr.lm_tuned import apply_tuned
 
     wfst = apply_tuned(DecodeConfig(decoder="wfst", graph="g"), exp, set(), False, None)
     assert (wfst.decoder, wfst.lm, wfst.graph) == ("wfst", None, "g")
