@@ -39,7 +39,7 @@ lint: setup
 	$(BIN)/ruff check asr tests bench egs
 
 bench: setup $(COMPARE)
-	@set -e; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	@set -e; for f in $$(grep -l '^if __name__ == "__main__"' bench/*.py); do echo "== $$f"; $(BIN)/python $$f; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,9 +18,10 @@ from asr.errors import AsrError
 
 COMMAND_MODULES = [
     "asr.datadir",
+    "asr.datadir_ops",
     "asr.make_feats",
     "asr.cmvn",
-    "asr.augment",
+    "asr.perturb_speed",
     "asr.noise",
     "asr.perturb_feats",
     "asr.tokens",
@@ -28,7 +29,7 @@ COMMAND_MODULES = [
     "asr.decode",
     "asr.align",
     "asr.tune_lm",
-    "asr.lm",
+    "asr.lm.build",
     "asr.graph",
     "asr.score_files",
     "asr.report",

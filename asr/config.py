@@ -32,12 +32,19 @@ def _strip_optional(tp: Any) -> Any:
 
 
 def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise AsrError naming them."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise AsrError naming them.
+
+    A key that ``cls.renamed_keys`` (old -> new, a ClassVar) lists raises one line naming its new name.
+    """
     data = dict(data or {})
     if not isinstance(data, dict):
         raise AsrError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    renamed = {k: v for k, v in getattr(cls, "renamed_keys", {}).items() if k in data}
+    if renamed:
+        old, new = next(iter(renamed.items()))
+        raise AsrError(f"{where}: key {old!r} was renamed to {new!r}: write {new!r} instead (in YAML or --set)")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise AsrError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")

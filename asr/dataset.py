@@ -22,25 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from asr.cmvn import Cmvn
 from asr.datadir import DataDir
 from asr.errors import AsrError
-from asr.features import FeaturePipeline, read_feature_config
+from asr.features import FeaturePipeline
 from asr.models.ctc import required_frames
 from asr.tokens import TokenTable, check_coverage
 
 log = logging.getLogger(__name__)
-
-
-def load_pipeline(data_dir: str | Path, cmvn_dir: str | Path | None = None) -> FeaturePipeline:
-    """The load-time pipeline of ``data_dir`` (its ``feats.yaml``) with CMVN stats from ``cmvn_dir`` (default: same).
-
-    ``cmvn: speaker`` needs the per-speaker stats (``cmvn.scp``) of ``cmvn_dir``; their absence is an error.
-    """
-    cfg = read_feature_config(data_dir)
-    if cfg.cmvn not in ("global", "speaker"):
-        return FeaturePipeline(cfg)
-    return FeaturePipeline(cfg, Cmvn.load(cmvn_dir or data_dir, per_speaker=cfg.cmvn == "speaker"))
 
 
 def pipeline_length(pipeline: Any | None, n: int) -> int:

@@ -358,3 +358,21 @@ class FeaturePipeline:
             x = augment(x)
         x = add_deltas(x, self.cfg.delta_order, self.cfg.delta_window)
         return stack_frames(x, self.cfg.stack, self.cfg.subsample)
+
+
+def load_pipeline(
+    feats_dir: str | os.PathLike, cmvn_dir: str | os.PathLike | None = None, per_speaker: bool | None = None
+) -> FeaturePipeline:
+    """The load-time pipeline described by ``feats_dir/feats.yaml`` (a data dir or a model dir), with CMVN
+    stats from ``cmvn_dir`` (default: ``feats_dir``).
+
+    ``per_speaker`` (default: when the config says ``cmvn: speaker``) reads the per-speaker stats
+    (``cmvn.scp``, an error when missing); False reads the global stats, which is what a speaker-normalised
+    model dir keeps for lack of speakers. ``cmvn: utterance`` and ``none`` need no stats.
+    """
+    cfg = read_feature_config(feats_dir)
+    if cfg.cmvn not in ("global", "speaker"):
+        return FeaturePipeline(cfg)
+    if per_speaker is None:
+        per_speaker = cfg.cmvn == "speaker"
+    return FeaturePipeline(cfg, cmvn_mod.Cmvn.load(cmvn_dir or feats_dir, per_speaker=per_speaker))

@@ -35,13 +35,14 @@ from types import ModuleType
 from asr.atomic import atomic_path, write_text
 from asr.config import dump
 from asr.errors import AsrError
+from asr.lm.arpa import BOS, EOS
 
 log = logging.getLogger(__name__)
 
 HINT = "pip install 'asr[graph]'"
 SPACE = "<space>"
 SPACE_MODES = ("required", "optional")
-_NOT_WORDS = {"<eps>", "#0", "<s>", "</s>"}
+_NOT_WORDS = {"<eps>", "#0", BOS, EOS}
 
 
 def require(module: str) -> ModuleType:
@@ -115,7 +116,7 @@ def spellings(lang_dir: Path, table, words: list[str]) -> tuple[list[tuple[int, 
     model was trained on); phone tables use every pronunciation in ``lang_dir/lexicon.txt``.
     ``<unk>`` is the ``<unk>`` token unless the lexicon says otherwise.
     """
-    from asr.decoders.lexicon import spell
+    from asr.decoders.word_trie import spell
     from asr.tokens import UNK, UNK_ID, read_pronunciations
 
     symbols, ids = table.symbols, table.ids

@@ -1,7 +1,7 @@
 """The ``make-feats`` batch job: audio of a data dir -> ``feats.ark``/``feats.scp``, ``utt2num_frames``,
 ``feats.yaml``.
 
-With ``nj > 1`` the data dir is split by speaker (``asr.datadir.split_data_dir``, Kaldi's split_data.sh)
+With ``nj > 1`` the data dir is split by speaker (``asr.datadir_ops.split_data_dir``, Kaldi's split_data.sh)
 and each part is computed in its own process (one torch thread each); the parts' arks are concatenated
 into one ``feats.ark`` with shifted offsets, so the result is byte-identical to ``nj = 1``.
 
@@ -36,7 +36,8 @@ from tqdm import tqdm
 from asr.atomic import fsync_file
 from asr.audio import iter_utterances
 from asr.config import dump, from_dict, to_dict
-from asr.datadir import DataDir, split_data_dir, validate_data_dir, write_kv
+from asr.datadir import DataDir, check_audio_dir, write_kv
+from asr.datadir_ops import split_data_dir
 from asr.errors import AsrError
 from asr.features import FeatureConfig, compute_features, load_feature_config
 from asr.lock import hold
@@ -210,16 +211,6 @@ def _commit(d: Path, tmp_ark: Path, entries: list[Entry], cfg: FeatureConfig) ->
     dump(cfg, d / "feats.yaml")
     write_kv(d / "utt2num_frames", {u: str(n) for u, _, n, _ in entries})
     write_kv(d / "feats.scp", {u: f"{ark}:{o}" for u, o, _, _ in entries})
-
-
-def check_audio_dir(path: str | os.PathLike) -> None:
-    """Validate a data dir as audio input; problems in feats.scp / utt2num_frames are ignored (they are
-    outputs of make-feats and get replaced). Raises one AsrError listing the rest."""
-    path = Path(path)
-    ours = (str(path / "feats.scp"), str(path / "utt2num_frames"))
-    problems = [p for p in validate_data_dir(path, need_text=False, need_audio=True) if not p.startswith(ours)]
-    if problems:
-        raise AsrError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
 
 
 def make_feats(data_dir: str | os.PathLike, cfg: FeatureConfig, nj: int = 1, progress: bool = True) -> MakeFeatsResult:

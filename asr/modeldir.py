@@ -3,8 +3,13 @@
 ``exp/<tag>/``: ``config.yaml`` (resolved train config incl. the model), ``feats.yaml`` (feature
 extraction + load-time pipeline), ``cmvn_global.ark``, ``tokens.txt`` (+ ``lexicon.txt`` for phones,
 ``bpe.model`` for sentencepiece units),
-and checkpoints (``epoch-N.pt``, ``last.pt``, ``final.pt``) that each carry ``model_args`` (model
-config, input dim, vocabulary size), so a checkpoint alone rebuilds its network.
+and checkpoints (``epoch-N.pt``, ``last.pt``, ``final.pt``; :mod:`asr.checkpoint`) that each carry
+``model_args`` (model config, input dim, vocabulary size), so a checkpoint alone rebuilds its network.
+``asr train`` also leaves ``metrics.csv`` and ``plots/`` (:mod:`asr.metrics`) and ``train.log``.
+
+This module owns the dir's contract: which files it holds (:data:`META_FILES`, :func:`write_meta`),
+whether an existing dir may be resumed with a given config (:func:`check_exp_dir`), who writes it
+while training (:func:`open_for_training`), and loading a finished one for decoding (:class:`ModelDir`).
 
 ``feats.yaml``'s ``cmvn`` records how the model's inputs were normalised in training, and decoding
 does the same: ``global`` with the training set's ``cmvn_global.ark`` (copied here); ``speaker`` with
@@ -14,21 +19,21 @@ no speaker, the utterance's own stats; ``utterance`` per utterance; ``none`` not
 
 from __future__ import annotations
 
-import csv
-import io
-import pickle
+import contextlib
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from asr.atomic import atomic_path, write_text
-from asr.cmvn import Cmvn
+from asr.checkpoint import load_checkpoint, model_from_checkpoint
 from asr.config import dump, from_dict, read_yaml, to_dict
 from asr.errors import AsrError
-from asr.features import FeatureConfig, FeaturePipeline, compute_features, read_feature_config
-from asr.models import CTCModel, ModelConfig, build_model
+from asr.features import FeatureConfig, FeaturePipeline, compute_features, load_pipeline, read_feature_config
+from asr.lock import hold
+from asr.models import CTCModel
 from asr.tokens import TokenTable
 
 META_FILES = ("config.yaml", "feats.yaml", "cmvn_global.ark", "tokens.txt", "lexicon.txt", "bpe.model")
@@ -43,7 +48,6 @@ RESUMABLE_KEYS = {
     "average_n",
     "average_metric",
 }
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "dev_loss", "dev_cer", "lr", "seconds"]
 
 
 def write_meta(exp_dir: str | Path, config: Any, data_dir: str | Path, lang_dir: str | Path) -> None:
@@ -66,25 +70,23 @@ def write_meta(exp_dir: str | Path, config: Any, data_dir: str | Path, lang_dir:
             tmp.replace(exp_dir / name)
 
 
-def model_args(model: CTCModel, cfg: ModelConfig) -> dict:
-    """What a checkpoint needs to rebuild ``model``."""
-    from asr.config import to_dict
-
-    return {"config": to_dict(cfg), "input_dim": model.input_dim, "vocab_size": model.vocab_size}
-
-
-def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> tuple[CTCModel, ModelConfig]:
-    """Rebuild the network stored in a checkpoint dict (``model`` state + ``model_args``)."""
-    if "model" not in ckpt or "model_args" not in ckpt:
-        raise AsrError(f"{where}: not an asr checkpoint (no model/model_args)")
-    args = ckpt["model_args"]
-    cfg = from_dict(ModelConfig, args["config"], f"{where}: model")
-    model = build_model(cfg, args["input_dim"], args["vocab_size"])
-    model.load_state_dict(ckpt["model"])
-    return model, cfg
-
-
-# ------------------------------------------------------------------ training outputs
+@contextlib.contextmanager
+def open_for_training(exp_dir: Path, config: Any, data_dir: Path, lang_dir: Path) -> Iterator[None]:
+    """While inside: this process is ``exp_dir``'s one writer, its meta files are written (:func:`write_meta`)
+    and the ``asr`` logger also writes (at INFO) to its ``train.log``."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per model dir: a second 'asr train' here would interleave checkpoints.
+    with hold(exp_dir, "asr train"):
+        write_meta(exp_dir, config, data_dir, lang_dir)
+        handler = logging.FileHandler(exp_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logging.getLogger("asr").addHandler(handler)
+        logging.getLogger("asr").setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logging.getLogger("asr").removeHandler(handler)
+            handler.close()
 
 
 def check_exp_dir(exp_dir: Path, cfg: Any, data_dir: Path, lang_dir: Path) -> None:
@@ -127,96 +129,6 @@ def check_exp_dir(exp_dir: Path, cfg: Any, data_dir: Path, lang_dir: Path) -> No
         )
 
 
-def save_checkpoint(obj: dict, path: Path) -> None:
-    """torch.save, atomically (a kill leaves the previous file). ``obj`` holds only tensors and plain
-    Python types, so :func:`load_checkpoint` can read it with ``weights_only=True``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint without running any code from it (``weights_only=True``).
-
-    A shared ``final.pt`` is a pickle; a full unpickle could run arbitrary code. Anything beyond
-    tensors and plain containers is refused with one line naming the file.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AsrError(f"{path}: refused: not a plain-tensor checkpoint ({first[:200]})") from None
-    except Exception as e:  # noqa: BLE001 - any other read failure is the same user problem
-        raise AsrError(f"{path}: cannot read checkpoint: {str(e).strip().splitlines()[0][:200]}") from None
-    if not isinstance(ckpt, dict):
-        raise AsrError(f"{path}: not an asr checkpoint (a {type(ckpt).__name__}, not a dict)")
-    return ckpt
-
-
-def write_metrics(exp_dir: Path, history: list[dict]) -> None:
-    """``metrics.csv`` from the history kept in the checkpoint (so a resumed run never duplicates rows)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
-    write_text(exp_dir / "metrics.csv", buf.getvalue())
-
-
-def plot_metrics(exp_dir: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
-    ax.plot(epochs, [r["dev_loss"] for r in history], "s-", label="dev loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("CTC loss per utterance")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [r["dev_cer"] for r in history], "^--", color="tab:red", label="dev CER %")
-    ax2.set_ylabel("dev CER (%)")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
-    (exp_dir / "plots").mkdir(exist_ok=True)
-    with atomic_path(exp_dir / "plots" / "loss.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-def choose_epochs(history: list[dict], how: str, n: int, metric: str) -> list[int]:
-    """Epochs whose weights make ``final.pt``: the best ``n`` by ``metric`` (``dev_cer`` or ``dev_loss``,
-    lower is better; ties: the later epoch), the last ``n``, or with ``how == "none"`` just the last epoch
-    (its weights as they are)."""
-    if metric not in ("dev_cer", "dev_loss"):
-        raise AsrError(f"average by {metric!r}: expected dev_cer or dev_loss")
-    epochs = [r["epoch"] for r in history]
-    if not epochs:
-        raise AsrError("no finished epoch to make final.pt from")
-    if how == "none":
-        return [epochs[-1]]
-    if how == "best":
-        ranked = sorted(epochs, key=lambda e: (history[e - 1][metric], -e))
-    else:
-        ranked = epochs[::-1]
-    return sorted(ranked[: max(1, n)])
-
-
-def average_checkpoints(exp_dir: Path, history: list[dict], how: str, n: int, metric: str) -> tuple[dict, list[int]]:
-    """Mean of the weights of the epochs :func:`choose_epochs` picks."""
-    chosen = choose_epochs(history, how, n, metric)
-    avg: dict[str, torch.Tensor] = {}
-    for e in chosen:
-        state = load_checkpoint(exp_dir / f"epoch-{e}.pt")["model"]
-        for k, v in state.items():
-            if v.is_floating_point():
-                avg[k] = avg[k] + v.double() if k in avg else v.double()
-            else:
-                avg[k] = v
-    return {k: (v / len(chosen)).float() if v.is_floating_point() else v for k, v in avg.items()}, chosen
-
-
 class ModelDir:
     """A loaded model dir: ``.model`` (eval mode), ``.tokens``, ``.feature_config``, ``.pipeline``, ``.config``."""
 
@@ -252,11 +164,9 @@ class ModelDir:
         tokens = TokenTable.load(exp_dir / "tokens.txt")
         if len(tokens) != model.vocab_size:
             raise AsrError(f"{exp_dir}/tokens.txt: {len(tokens)} tokens but {ckpt_path.name} has {model.vocab_size}")
-        cfg = read_feature_config(exp_dir)
         # A speaker-normalised model keeps only the training set's global stats: data dirs bring their
         # own per-speaker stats (pipeline_for), loose files are normalised per utterance.
-        cmvn = Cmvn.load(exp_dir) if cfg.cmvn in ("global", "speaker") else None
-        pipeline = FeaturePipeline(cfg, cmvn)
+        pipeline = load_pipeline(exp_dir, per_speaker=False)
         config = read_yaml(exp_dir / "config.yaml") if (exp_dir / "config.yaml").is_file() else {}
         return cls(exp_dir, model, tokens, pipeline.cfg, pipeline, config, device)
 
@@ -269,7 +179,7 @@ class ModelDir:
         """
         if self.feature_config.cmvn != "speaker":
             return self.pipeline
-        return FeaturePipeline(self.feature_config, Cmvn.load(data_dir, per_speaker=True))
+        return load_pipeline(self.path, cmvn_dir=data_dir, per_speaker=True)
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Audio ``(T,)`` at ``feature_config.sample_rate`` -> model input ``(N', D')`` (extraction + pipeline).

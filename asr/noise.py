@@ -2,7 +2,7 @@
 
 A copy of a data dir in which each utterance has noise added at an SNR drawn uniformly from
 ``[LOW, HIGH]`` dB, written as 16-bit FLAC under ``DST/wav/`` (the realisation of ``perturb-speed``,
-see :mod:`asr.augment`), with utterance and speaker ids prefixed ``noise-``. SNR is the ratio of the
+see :mod:`asr.perturb_speed`), with utterance and speaker ids prefixed ``noise-``. SNR is the ratio of the
 utterance's mean power to the added noise's, over the whole utterance. Noise comes from:
 
 * ``corpus`` (default; there is no MUSAN here): the corpus's own non-speech. The quietest 25 ms frames
@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioStream, iter_utterances, load_utterance, load_wav_scp_entry
-from asr.augment import audio_copy_dirs, init_worker, write_flac
+from asr.audio_copy import audio_copy_dirs, init_worker, write_flac
 from asr.datadir import KNOWN_FILES, DataDir, Segment, read_kv, write_data_dir, write_kv
 from asr.errors import AsrError
 from asr.lock import hold

@@ -3,7 +3,7 @@
 For data dirs that hold only features (AN4 here: Sphinx MFCCs, no audio), where ``perturb-speed`` has
 nothing to resample. Each utterance's frames are stretched along time by linear interpolation to
 ``round(N / F)`` frames: the tempo change of speed perturbation. The spectral half of it (pitch and
-formants scaled by F) is not reproduced; VTLP (:func:`asr.augment.freq_warp`) covers that for fbank.
+formants scaled by F) is not reproduced; VTLP (:func:`asr.vtlp.freq_warp`) covers that for fbank.
 Deltas must not be stored in the features: they would keep their old time scale (this toolkit adds
 them at load time).
 
@@ -29,10 +29,10 @@ from kaldiio.matio import write_array
 from tqdm import tqdm
 
 from asr.atomic import fsync_file, write_text
-from asr.augment import speed_prefix
 from asr.datadir import KNOWN_FILES, DataDir, write_data_dir, write_kv
 from asr.errors import AsrError
 from asr.lock import hold
+from asr.perturb_speed import speed_prefix
 
 log = logging.getLogger(__name__)
 

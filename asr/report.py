@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.atomic import atomic_open, write_text
+from asr.atomic import write_text
 from asr.errors import AsrError
+from asr.metrics import METRIC_COLUMNS, new_figure, plot_metrics, read_metrics, save_png
 
 log = logging.getLogger(__name__)
 
@@ -47,84 +48,6 @@ img{max-width:100%;border:1px solid #eee}
 table.align td{text-align:left;font-family:monospace;border:none;padding:0 .4em}
 .S{background:#fdd}.I{background:#dfd}.D{background:#ddf}
 """
-
-
-def _f(x: str | None) -> float:
-    try:
-        v = float(x) if x not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
-    return v
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """Rows of metrics.csv as floats (nan for empty or unparsable cells)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _f(v) for k, v in row.items() if k} for row in csv.DictReader(f)]
-
-
-def _new_figure(w: float = 8, h: float = 3.5):
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg, no pyplot state or GUI
-
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    return path
-
-
-def _col(rows: list[dict[str, float]], key: str) -> np.ndarray:
-    return np.array([r.get(key, math.nan) for r in rows], dtype=np.float64)
-
-
-def plot_training(rows: list[dict[str, float]], out: Path) -> Path | None:
-    """Loss curves (train and dev) over steps (epochs when there are no steps) and the learning rate."""
-    if not rows:
-        return None
-    step, epoch = _col(rows, "step"), _col(rows, "epoch")
-    x, xlabel = (step, "step") if np.isfinite(step).all() and len(set(step)) == len(step) else (epoch, "epoch")
-    fig = _new_figure(9, 3.5)
-    ax, ax_lr = fig.subplots(1, 2, width_ratios=[2, 1])
-    for key, style in (("train_loss", "-"), ("dev_loss", "o-")):
-        y = _col(rows, key)
-        ok = np.isfinite(y) & np.isfinite(x)
-        if ok.any():
-            ax.plot(x[ok], y[ok], style, label=key, markersize=3)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("CTC loss")
-    if ax.get_lines():
-        ax.legend()
-    ax.grid(alpha=0.3)
-    lr = _col(rows, "lr")
-    ok = np.isfinite(lr) & np.isfinite(x)
-    if ok.any():
-        ax_lr.plot(x[ok], lr[ok], "-", color="tab:green")
-        if (lr[ok] > 0).all():
-            ax_lr.set_yscale("log")
-    ax_lr.set_xlabel(xlabel)
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.grid(alpha=0.3)
-    return _save(fig, out)
-
-
-def plot_dev_cer(rows: list[dict[str, float]], out: Path) -> Path | None:
-    epoch, cer = _col(rows, "epoch"), _col(rows, "dev_cer")
-    ok = np.isfinite(epoch) & np.isfinite(cer)
-    if not ok.any():
-        return None
-    fig = _new_figure(6, 3.2)
-    ax = fig.subplots()
-    ax.plot(epoch[ok], cer[ok], "o-")
-    best = int(np.argmin(cer[ok]))
-    ax.annotate(f"best {cer[ok][best]:.3g}", (epoch[ok][best], cer[ok][best]), textcoords="offset points",
-                xytext=(0, 8), ha="center")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("dev_cer (as logged)")
-    ax.grid(alpha=0.3)
-    return _save(fig, out)
 
 
 def read_decode(d: Path) -> dict | None:
@@ -148,7 +71,7 @@ def plot_wers(decodes: list[tuple[str, dict]], out: Path) -> Path | None:
     named = [(n, s["wer"]) for n, s in decodes if s and s.get("wer")]
     if not named:
         return None
-    fig = _new_figure(7, 0.5 + 0.45 * len(named))
+    fig = new_figure(7, 0.5 + 0.45 * len(named))
     ax = fig.subplots()
     y = np.arange(len(named))
     rates = np.array([w["rate"] for _, w in named])
@@ -159,7 +82,7 @@ def plot_wers(decodes: list[tuple[str, dict]], out: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("%WER (95% bootstrap interval)")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def plot_speakers(rows: list[dict], out: Path, max_spk: int = 60) -> Path | None:
@@ -168,7 +91,7 @@ def plot_speakers(rows: list[dict], out: Path, max_spk: int = 60) -> Path | None
     if not spk:
         return None
     spk = sorted(spk, key=lambda r: -r["wer"])[:max_spk]
-    fig = _new_figure(max(5, 0.3 * len(spk) + 2), 3.2)
+    fig = new_figure(max(5, 0.3 * len(spk) + 2), 3.2)
     ax = fig.subplots()
     ax.bar(range(len(spk)), [r["wer"] for r in spk], color="tab:orange")
     ax.set_xticks(range(len(spk)), [r["spk"] for r in spk], rotation=90, fontsize=7)
@@ -176,7 +99,7 @@ def plot_speakers(rows: list[dict], out: Path, max_spk: int = 60) -> Path | None
         ax.axhline(total["wer"], color="k", linestyle="--", linewidth=1, label=f"all {total['wer']:.2f}")
         ax.legend()
     ax.set_ylabel("%WER")
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def _read_token_symbols(path: Path) -> list[str] | None:
@@ -220,7 +143,7 @@ def plot_posteriorgram(npz: Path, exp_dir: Path, out: Path, floor: float = 0.05)
     post = np.exp(lp)
     show = sorted({0} | set(np.flatnonzero(post.max(axis=0) > floor).tolist()))
     x_scale = shift or 1.0
-    fig = _new_figure(10, 1.2 + 0.18 * len(show))
+    fig = new_figure(10, 1.2 + 0.18 * len(show))
     ax = fig.subplots()
     ax.imshow(post[:, show].T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
               interpolation="nearest", extent=(0, T * x_scale, -0.5, len(show) - 0.5))
@@ -231,7 +154,7 @@ def plot_posteriorgram(npz: Path, exp_dir: Path, out: Path, floor: float = 0.05)
             ax.text((t + 0.5) * x_scale, len(show) - 0.3, tokens[best[t]], ha="center", va="bottom",
                     fontsize=7, clip_on=False)
     ax.set_xlabel("seconds" if shift else "output frame")
-    return _save(fig, out), f"{utt}" + (f": {hyp}" if hyp else "")
+    return save_png(fig, out), f"{utt}" + (f": {hyp}" if hyp else "")
 
 
 def _img(path: Path | None, alt: str) -> str:
@@ -273,6 +196,108 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _config_section(exp: Path) -> list[str]:
+    parts = ['<h2 id="config">Configuration</h2>']
+    found = False
+    for name in ("config.yaml", "feats.yaml"):
+        if (exp / name).is_file():
+            found = True
+            text = (exp / name).read_text(encoding="utf-8", errors="replace")
+            parts.append(f"<h3>{name}</h3><pre>{html.escape(text)}</pre>")
+    if not found:
+        parts.append('<p class="note">no config.yaml</p>')
+    return parts
+
+
+def _training_sections(exp: Path, img_dir: Path) -> list[str]:
+    """Training curves, dev CER per epoch (the plots ``asr train`` draws) and the per-epoch table."""
+    rows: list[dict[str, float]] = []
+    if (exp / "metrics.csv").is_file():
+        try:
+            rows = read_metrics(exp / "metrics.csv")
+        except (OSError, csv.Error, UnicodeDecodeError) as e:
+            log.warning("%s: unreadable (%s)", exp / "metrics.csv", e)
+    training_png, cer_png = plot_metrics(rows, img_dir)
+    parts = ['<h2 id="training">Training curves</h2>']
+    parts.append(_img(training_png, "training curves (metrics.csv)") if rows else '<p class="note">no metrics.csv</p>')
+    parts.append('<h2 id="dev-cer">Dev CER per epoch</h2>')
+    parts.append(_img(cer_png, "dev CER per epoch"))
+    epoch_rows = [r for r in rows if math.isfinite(r.get("dev_loss", math.nan))
+                  or math.isfinite(r.get("dev_cer", math.nan))]
+    if epoch_rows:
+        parts.append(_table(METRIC_COLUMNS,
+                            [[_num(r.get("epoch"), ".0f"), _num(r.get("step"), ".0f"), _num(r.get("train_loss"), ".4f"),
+                              _num(r.get("dev_loss"), ".4f"), _num(r.get("dev_cer"), ".4g"),
+                              _num(r.get("lr"), ".3g"), _num(r.get("seconds"), ".0f")] for r in epoch_rows], left=0))
+    return parts
+
+
+def _decodes_section(decodes: list[tuple[str, dict | None]], img_dir: Path) -> list[str]:
+    parts = ['<h2 id="decodes">Decodes</h2>']
+    if not decodes:
+        return parts + ['<p class="note">no decode_* directories</p>']
+    table = []
+    for name, s in decodes:
+        if not s:
+            table.append([name, "not scored", "", "", "", "", ""])
+            continue
+        w, c = s["wer"], s.get("cer") or {}
+        ci = w.get("ci95")
+        table.append([name, _num(w["rate"]), f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "",
+                      _num(w.get("ser")), _num(c.get("rate")),
+                      f"{w.get('ins', '')}/{w.get('del', '')}/{w.get('sub', '')}", s.get("sentences", "")])
+    parts.append(_table(["decode", "%WER", "95% CI", "%SER", "%CER", "ins/del/sub", "#utts"], table))
+    parts.append(_img(plot_wers(decodes, img_dir / "wer.png"), "WER per decode"))
+    return parts
+
+
+def _speakers_section(decodes: list[tuple[str, dict | None]], img_dir: Path) -> list[str]:
+    parts = ['<h2 id="speakers">Per-speaker WER</h2>']
+    for name, s in decodes:
+        if s and s.get("per_spk"):
+            parts.append(f"<h3>{html.escape(name)}</h3>")
+            parts.append(_img(plot_speakers(s["per_spk"], img_dir / f"spk_{_slug(name)}.png"), "per-speaker WER"))
+    if len(parts) == 1:
+        parts.append('<p class="note">no per-speaker scores (score with utt2spk)</p>')
+    return parts
+
+
+def _worst_section(decodes: list[tuple[str, dict | None]], worst: int) -> list[str]:
+    parts = [f'<h2 id="worst">Worst utterances (top {worst})</h2>']
+    for name, s in decodes:
+        utts = (s or {}).get("utts") or []
+        if not utts:
+            continue
+        parts.append(f"<details open><summary>{html.escape(name)}</summary>")
+        for u in utts[:worst]:
+            tag = " (missing from hyp)" if u.get("missing") else ""
+            parts.append(f"<p><b>{html.escape(u['utt'])}</b>: {u['errors']} errors / {u['words']} words"
+                         f"{tag}</p>{_align_html(u)}")
+        parts.append("</details>")
+    if len(parts) == 1:
+        parts.append('<p class="note">no per-utterance scores (scores.json)</p>')
+    return parts
+
+
+def _posteriorgram_section(exp: Path, img_dir: Path) -> list[str]:
+    """The first readable ``decode_*/posteriors.npz``."""
+    parts = ['<h2 id="posteriorgram">Posteriorgram</h2>']
+    for npz in sorted(exp.glob("decode_*/posteriors.npz")):
+        shown = plot_posteriorgram(npz, exp, img_dir / f"posteriorgram_{_slug(npz.parent.name)}.png")
+        if shown:
+            parts.append(f"<p>{html.escape(npz.parent.name)} &middot; {html.escape(shown[1])}</p>")
+            parts.append(_img(shown[0], "posteriorgram"))
+            return parts
+    return parts + ['<p class="note">no decode_*/posteriors.npz</p>']
+
+
+def _log_section(exp: Path) -> list[str]:
+    if not (exp / "train.log").is_file():
+        return []
+    tail = (exp / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+    return ['<h2 id="log">train.log (last lines)</h2><pre>' + html.escape("\n".join(tail)) + "</pre>"]
+
+
 def build_report(exp_dir: str | Path, out_html: str | Path | None = None, worst: int = 10) -> Path:
     """Render ``exp_dir``'s report; returns the HTML path (default ``EXP_DIR/report.html``)."""
     exp = Path(exp_dir)
@@ -283,97 +308,14 @@ def build_report(exp_dir: str | Path, out_html: str | Path | None = None, worst:
     parts = [f"<h1>Experiment {html.escape(exp.name)}</h1>",
              f'<p class="note">{html.escape(str(exp.resolve()))} &middot; generated '
              f'{datetime.now().strftime("%Y-%m-%d %H:%M")}</p>']
-
-    parts.append('<h2 id="config">Configuration</h2>')
-    found = False
-    for name in ("config.yaml", "feats.yaml"):
-        if (exp / name).is_file():
-            found = True
-            text = (exp / name).read_text(encoding="utf-8", errors="replace")
-            parts.append(f"<h3>{name}</h3><pre>{html.escape(text)}</pre>")
-    if not found:
-        parts.append('<p class="note">no config.yaml</p>')
-
-    rows: list[dict[str, float]] = []
-    if (exp / "metrics.csv").is_file():
-        try:
-            rows = read_metrics(exp / "metrics.csv")
-        except (OSError, csv.Error, UnicodeDecodeError) as e:
-            log.warning("%s: unreadable (%s)", exp / "metrics.csv", e)
-    parts.append('<h2 id="training">Training curves</h2>')
-    parts.append(_img(plot_training(rows, img_dir / "training.png"), "training curves (metrics.csv)")
-                 if rows else '<p class="note">no metrics.csv</p>')
-    parts.append('<h2 id="dev-cer">Dev CER per epoch</h2>')
-    cer_png = plot_dev_cer(rows, img_dir / "dev_cer.png") if rows else None
-    parts.append(_img(cer_png, "dev CER per epoch"))
-    epoch_rows = [r for r in rows if math.isfinite(r.get("dev_loss", math.nan))
-                  or math.isfinite(r.get("dev_cer", math.nan))]
-    if epoch_rows:
-        parts.append(_table(["epoch", "step", "train_loss", "dev_loss", "dev_cer", "lr", "seconds"],
-                            [[_num(r.get("epoch"), ".0f"), _num(r.get("step"), ".0f"), _num(r.get("train_loss"), ".4f"),
-                              _num(r.get("dev_loss"), ".4f"), _num(r.get("dev_cer"), ".4g"),
-                              _num(r.get("lr"), ".3g"), _num(r.get("seconds"), ".0f")] for r in epoch_rows], left=0))
-
+    parts += _config_section(exp)
+    parts += _training_sections(exp, img_dir)
     decodes = [(d.name, read_decode(d)) for d in sorted(exp.glob("decode_*")) if d.is_dir()]
-    parts.append('<h2 id="decodes">Decodes</h2>')
-    if not decodes:
-        parts.append('<p class="note">no decode_* directories</p>')
-    else:
-        table = []
-        for name, s in decodes:
-            if not s:
-                table.append([name, "not scored", "", "", "", "", ""])
-                continue
-            w, c = s["wer"], s.get("cer") or {}
-            ci = w.get("ci95")
-            table.append([name, _num(w["rate"]), f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "",
-                          _num(w.get("ser")), _num(c.get("rate")),
-                          f"{w.get('ins', '')}/{w.get('del', '')}/{w.get('sub', '')}", s.get("sentences", "")])
-        parts.append(_table(["decode", "%WER", "95% CI", "%SER", "%CER", "ins/del/sub", "#utts"], table))
-        parts.append(_img(plot_wers(decodes, img_dir / "wer.png"), "WER per decode"))
-
-    parts.append('<h2 id="speakers">Per-speaker WER</h2>')
-    any_spk = False
-    for name, s in decodes:
-        if s and s.get("per_spk"):
-            any_spk = True
-            parts.append(f"<h3>{html.escape(name)}</h3>")
-            parts.append(_img(plot_speakers(s["per_spk"], img_dir / f"spk_{_slug(name)}.png"), "per-speaker WER"))
-    if not any_spk:
-        parts.append('<p class="note">no per-speaker scores (score with utt2spk)</p>')
-
-    parts.append(f'<h2 id="worst">Worst utterances (top {worst})</h2>')
-    any_utt = False
-    for name, s in decodes:
-        utts = (s or {}).get("utts") or []
-        if not utts:
-            continue
-        any_utt = True
-        parts.append(f"<details open><summary>{html.escape(name)}</summary>")
-        for u in utts[:worst]:
-            tag = " (missing from hyp)" if u.get("missing") else ""
-            parts.append(f"<p><b>{html.escape(u['utt'])}</b>: {u['errors']} errors / {u['words']} words"
-                         f"{tag}</p>{_align_html(u)}")
-        parts.append("</details>")
-    if not any_utt:
-        parts.append('<p class="note">no per-utterance scores (scores.json)</p>')
-
-    parts.append('<h2 id="posteriorgram">Posteriorgram</h2>')
-    npzs = sorted(exp.glob("decode_*/posteriors.npz"))
-    shown = None
-    for npz in npzs:
-        shown = plot_posteriorgram(npz, exp, img_dir / f"posteriorgram_{_slug(npz.parent.name)}.png")
-        if shown:
-            parts.append(f"<p>{html.escape(npz.parent.name)} &middot; {html.escape(shown[1])}</p>")
-            parts.append(_img(shown[0], "posteriorgram"))
-            break
-    if not shown:
-        parts.append('<p class="note">no decode_*/posteriors.npz</p>')
-
-    if (exp / "train.log").is_file():
-        tail = (exp / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
-        parts.append('<h2 id="log">train.log (last lines)</h2><pre>' + html.escape("\n".join(tail)) + "</pre>")
-
+    parts += _decodes_section(decodes, img_dir)
+    parts += _speakers_section(decodes, img_dir)
+    parts += _worst_section(decodes, worst)
+    parts += _posteriorgram_section(exp, img_dir)
+    parts += _log_section(exp)
     page = ('<!DOCTYPE html><html><head><meta charset="utf-8">'
             f"<title>asr report: {html.escape(exp.name)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")

@@ -32,25 +32,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.augment import SpecAugConfig, VtlpConfig, augment_frames, vtlp_first_bin
+from asr.augment import augment_frames
+from asr.checkpoint import load_train_state, model_args, save_epoch, save_final, save_train_state
 from asr.config import load, to_dict
-from asr.dataset import BucketBatchSampler, FeatsDataset, collate, load_pipeline
+from asr.dataset import BucketBatchSampler, FeatsDataset, collate
 from asr.errors import AsrError
-from asr.features import read_feature_config
-from asr.lock import hold
-from asr.modeldir import (
-    average_checkpoints,
-    check_exp_dir,
-    load_checkpoint,
-    model_args,
-    plot_metrics,
-    save_checkpoint,
-    write_meta,
-    write_metrics,
-)
+from asr.features import load_pipeline, read_feature_config
+from asr.metrics import METRIC_COLUMNS, greedy_errors, plot_metrics, write_metrics
+from asr.modeldir import check_exp_dir, open_for_training
 from asr.models import CTCModel, ModelConfig, build_model, ctc_loss
 from asr.schedule import Schedule, ScheduleConfig
+from asr.specaugment import SpecAugConfig
 from asr.tokens import TokenTable
+from asr.vtlp import VtlpConfig, vtlp_first_bin
 
 log = logging.getLogger(__name__)
 
@@ -106,69 +100,7 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-# ------------------------------------------------------------------ the loop
-
-
-def greedy_errors(
-    log_probs: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, y_lens: torch.Tensor
-) -> tuple[int, int]:
-    """Token edit errors of argmax+collapse hypotheses vs references, and the reference token count.
-
-    ``log_probs`` (B, T, V), ``lengths`` (B,), ``y`` (B, U), ``y_lens`` (B,).
-    """
-    best = log_probs.argmax(-1).cpu()
-    errors = total = 0
-    for b in range(best.shape[0]):
-        path = best[b, : int(lengths[b])].tolist()
-        hyp = [t for i, t in enumerate(path) if t != 0 and (i == 0 or t != path[i - 1])]
-        ref = y[b, : int(y_lens[b])].tolist()
-        prev = list(range(len(ref) + 1))
-        for i, h in enumerate(hyp, 1):
-            cur = [i] + [0] * len(ref)
-            for j, r in enumerate(ref, 1):
-                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (h != r))
-            prev = cur
-        errors += prev[-1]
-        total += len(ref)
-    return errors, total
-
-
-@torch.no_grad()
-def evaluate(model: CTCModel, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Dev ``(loss per utterance, greedy token error rate in %)``, summed over all ranks."""
-    model.eval()
-    loss = utts = errs = toks = 0.0
-    for x, x_lens, y, y_lens in loader:
-        lp, out_lens = model(x.to(device), x_lens.to(device))
-        loss_sum, _ = ctc_loss(lp, out_lens, y.to(device), y_lens.to(device))
-        e, t = greedy_errors(lp, out_lens, y, y_lens)
-        loss, utts, errs, toks = loss + float(loss_sum), utts + len(x_lens), errs + e, toks + t
-    loss, utts, errs, toks = _all_sum([loss, utts, errs, toks], device)
-    model.train()
-    return loss / max(utts, 1), 100.0 * errs / max(toks, 1)
-
-
-def _rng_state() -> dict:
-    """Every RNG's state as tensors and plain types (a checkpoint must load with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# ------------------------------------------------------------------ training
 
 
 def train(
@@ -190,13 +122,18 @@ def train(
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    use_amp = cfg.amp and device.type == "cuda"
-    main = rank == 0
-
     check_exp_dir(exp_dir, cfg, data_dir, lang_dir)
     if (exp_dir / "final.pt").is_file():
         log.info("%s: training already finished (final.pt exists)", exp_dir)
         return exp_dir / "final.pt"
+    train_set, dev_set = _datasets(cfg, data_dir, dev_dir, lang_dir)
+    with open_for_training(exp_dir, cfg, data_dir, lang_dir) if rank == 0 else contextlib.nullcontext():
+        run = _build(cfg, train_set, exp_dir, device, rank, world)
+        return _run(run, train_set, dev_set, on_step)
+
+
+def _datasets(cfg: TrainConfig, data_dir: Path, dev_dir: Path, lang_dir: Path) -> tuple[FeatsDataset, FeatsDataset]:
+    """Training and dev sets, their features made the same way; dev normalised as decoding will."""
     tokens = TokenTable.load(lang_dir / "tokens.txt")
     pipeline = load_pipeline(data_dir)
     if cfg.vtlp.enabled:
@@ -209,38 +146,52 @@ def train(
     kw = {"max_unk_fraction": cfg.max_unk_fraction, "output_length": cfg.model.output_length}
     train_set = FeatsDataset(data_dir, tokens, pipeline, **kw)
     dev_set = FeatsDataset(dev_dir, tokens, dev_pipeline, **kw)
-    with contextlib.ExitStack() as stack:
-        if main:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            # One writer per model dir: a second 'asr train' here would interleave checkpoints.
-            stack.enter_context(hold(exp_dir, "asr train"))
-            write_meta(exp_dir, cfg, data_dir, lang_dir)
-            handler = logging.FileHandler(exp_dir / "train.log")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-            logging.getLogger("asr").addHandler(handler)
-            logging.getLogger("asr").setLevel(logging.INFO)
-            stack.callback(handler.close)
-            stack.callback(logging.getLogger("asr").removeHandler, handler)
-        return _run(cfg, train_set, dev_set, tokens, exp_dir, device, rank, world, use_amp, on_step)
+    return train_set, dev_set
 
 
-def _run(
-    cfg: TrainConfig,
-    train_set: FeatsDataset,
-    dev_set: FeatsDataset,
-    tokens: TokenTable,
-    exp_dir: Path,
-    device: torch.device,
-    rank: int,
-    world: int,
-    use_amp: bool,
-    on_step: Callable[[int], None] | None,
-) -> Path:
-    main = rank == 0
+# ------------------------------------------------------------------ one run: set up, epochs, finish
+
+
+def _new_state() -> dict:
+    """Where a run stands: position, metrics history, running sums of the current epoch."""
+    return dict(epoch=0, batch=0, step=0, history=[], loss_sum=0.0, utts=0, seconds=0.0, skipped=0, dropped=0)
+
+
+@dataclass
+class _Run:
+    """What a training run carries from step to step; ``st`` is its resumable part (saved in ``last.pt``)."""
+
+    cfg: TrainConfig
+    exp_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    use_amp: bool
+    model: CTCModel
+    opt: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    margs: dict
+    st: dict = field(default_factory=_new_state)
+    net: torch.nn.Module | None = None  # the model, DDP-wrapped on more than one process
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def save_state(self, path: Path) -> None:
+        """``last.pt``: everything an exact resume needs."""
+        save_train_state(path, self.model, self.margs, self.opt, self.schedule, self.scaler, self.st, to_dict(self.cfg))
+
+
+def _build(
+    cfg: TrainConfig, train_set: FeatsDataset, exp_dir: Path, device: torch.device, rank: int, world: int
+) -> _Run:
+    """Seed every RNG, then build the model (its initial weights draw from torch's), optimizer, schedule, scaler."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = build_model(cfg.model, train_set.feat_dim, len(tokens)).to(device)
+    model = build_model(cfg.model, train_set.feat_dim, len(train_set.tokens)).to(device)
     if cfg.optim.name == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     else:
@@ -248,44 +199,33 @@ def _run(
             model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
+    use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    st = {
-        "epoch": 0,
-        "batch": 0,
-        "step": 0,
-        "history": [],
-        "loss_sum": 0.0,
-        "utts": 0,
-        "seconds": 0.0,
-        "skipped": 0,
-        "dropped": 0,
-    }
     margs = model_args(model, cfg.model)
-    if (exp_dir / "last.pt").is_file():
-        ckpt = load_checkpoint(exp_dir / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        scaler.load_state_dict(ckpt["scaler"])
-        st = ckpt["state"]
-        _set_rng_state(ckpt["rng"])
-        log.info("resuming %s at epoch %d, batch %d (step %d)", exp_dir, st["epoch"] + 1, st["batch"], st["step"])
-    else:
-        log.info(
-            "training %s on %d process(es): %d train / %d dev utterances, input dim %d, %d tokens, %.2fM parameters",
-            exp_dir,
-            world,
-            len(train_set),
-            len(dev_set),
-            train_set.feat_dim,
-            len(tokens),
-            sum(p.numel() for p in model.parameters()) / 1e6,
-        )
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    return _Run(cfg, exp_dir, device, rank, world, use_amp, model, opt, schedule, scaler, margs)
+
+
+def _resume_or_announce(run: _Run, train_set: FeatsDataset, dev_set: FeatsDataset) -> None:
+    """Restore ``last.pt`` (weights, optimizer, schedule, scaler, position, RNGs) when there is one."""
+    if (run.exp_dir / "last.pt").is_file():
+        run.st = st = load_train_state(run.exp_dir / "last.pt", run.model, run.opt, run.schedule, run.scaler)
+        log.info("resuming %s at epoch %d, batch %d (step %d)", run.exp_dir, st["epoch"] + 1, st["batch"], st["step"])
+        return
+    log.info(
+        "training %s on %d process(es): %d train / %d dev utterances, input dim %d, %d tokens, %.2fM parameters",
+        run.exp_dir,
+        run.world,
+        len(train_set),
+        len(dev_set),
+        train_set.feat_dim,
+        run.model.vocab_size,
+        sum(p.numel() for p in run.model.parameters()) / 1e6,
+    )
+
+
+def _batching(run: _Run, train_set: FeatsDataset, dev_set: FeatsDataset) -> tuple[BucketBatchSampler, DataLoader]:
+    """The training sampler (reset per epoch) and the dev loader; sizes the schedule's total steps."""
+    cfg = run.cfg
     if cfg.specaug or cfg.vtlp.enabled:
         # Applied per utterance inside the feature pipeline, before stacking. With num_workers=0 it draws
         # from the torch RNG, which checkpoints restore, so a resumed run stays exact.
@@ -296,161 +236,171 @@ def _run(
             first_bin=vtlp_first_bin(train_set.pipeline.cfg) if cfg.vtlp.enabled else 0,
         )
     sampler = BucketBatchSampler(
-        train_set.lengths, cfg.frames_per_batch, cfg.max_batch_size, cfg.sortagrad, True, cfg.seed, rank, world
+        train_set.lengths, cfg.frames_per_batch, cfg.max_batch_size, cfg.sortagrad, True, cfg.seed, run.rank, run.world
     )
     dev_sampler = BucketBatchSampler(
-        dev_set.lengths, cfg.frames_per_batch, cfg.max_batch_size, False, False, 0, rank, world
+        dev_set.lengths, cfg.frames_per_batch, cfg.max_batch_size, False, False, 0, run.rank, run.world
     )
     dev_loader = DataLoader(
         dev_set, batch_sampler=dev_sampler, collate_fn=collate, num_workers=cfg.num_workers, generator=torch.Generator()
     )
-    schedule.set_total_steps(cfg.max_epochs * len(sampler.global_batches(0)))  # every epoch has as many batches
+    run.schedule.set_total_steps(cfg.max_epochs * len(sampler.global_batches(0)))  # every epoch has as many batches
+    return sampler, dev_loader
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "model_args": margs,
-                "optimizer": opt.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict(),
-                "state": st,
-                "rng": _rng_state(),
-                "config": to_dict(cfg),
-            },
-            path,
-        )
 
-    while st["epoch"] < cfg.max_epochs and not schedule.stop:
-        epoch = st["epoch"]
-        sampler.set_epoch(epoch, st["batch"])
-        sizes = [len(b) for b in sampler.global_batches()]
-        loader = DataLoader(
-            train_set,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=cfg.num_workers,
-            # Seeds the workers' RNGs (augmentation) anew for each epoch and resume point, without
-            # drawing from the global RNG.
-            generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + st["batch"]),
-        )
-        bar = tqdm(
-            total=len(sizes),
-            initial=st["batch"],
-            desc=f"epoch {epoch + 1}",
-            disable=None if main else True,
-            leave=False,
-        )
-        t0 = time.time()
-        for x, x_lens, y, y_lens in loader:
-            k = st["batch"]
-            x, x_lens, y, y_lens = x.to(device), x_lens.to(device), y.to(device), y_lens.to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                lp, out_lens = net(x, x_lens)
-            loss_sum, n_bad = ctc_loss(lp.float(), out_lens, y, y_lens)
-            loss = loss_sum * (world / sizes[k])  # DDP averages over ranks: the result is sum / global batch
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-            loss_all, n_bad = _all_sum([loss_sum.item(), float(n_bad)], device)
-            if math.isfinite(loss_all) and torch.isfinite(norm):
-                schedule.apply(opt, st["step"])
-                scaler.step(opt)
-                st["loss_sum"] += loss_all
-                st["utts"] += sizes[k]
-            else:
-                st["skipped"] += 1
-                if not use_amp:  # with AMP an overflow is how the loss scale calibrates itself
-                    log.warning(
-                        "epoch %d batch %d: non-finite loss %.4g / gradient norm %.4g; step skipped",
-                        epoch + 1,
-                        k,
-                        loss_all,
-                        float(norm),
-                    )
-            scaler.update()
-            if n_bad:
-                st["dropped"] += int(n_bad)
-                log.warning(
-                    "epoch %d batch %d: %d utterance(s) too short for their labels left out", epoch + 1, k, int(n_bad)
-                )
-            st["batch"] += 1
-            st["step"] += 1
-            bar.update(1)
-            if main and st["step"] % cfg.log_every == 0:
-                log.info(
-                    "epoch %d step %d: train loss %.4f, lr %.3g",
-                    epoch + 1,
-                    st["step"],
-                    st["loss_sum"] / max(st["utts"], 1),
-                    schedule.lr_at(st["step"] - 1),
-                )
-            if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 and st["batch"] < len(sizes):
-                st["seconds"] += time.time() - t0
-                t0 = time.time()
-                if main:
-                    checkpoint(exp_dir / "last.pt")
-            if on_step is not None:
-                on_step(st["step"])
-        bar.close()
-        st["seconds"] += time.time() - t0
-        dev_loss, dev_cer = evaluate(model, dev_loader, device)
-        lr_used = schedule.lr_at(st["step"] - 1)  # metrics.csv: the rate of the epoch's last step
-        train_loss = st["loss_sum"] / max(st["utts"], 1)
-        schedule.step(dev_cer if cfg.schedule.metric == "dev_cer" else dev_loss, epoch + 1)
-        st["history"].append(
-            {
-                "epoch": epoch + 1,
-                "step": st["step"],
-                "train_loss": train_loss,
-                "dev_loss": dev_loss,
-                "dev_cer": dev_cer,
-                "lr": lr_used,
-                "seconds": st["seconds"],
-            }
-        )
-        log.info(
-            "epoch %d: train loss %.4f, dev loss %.4f, dev CER %.2f%%, lr %.3g, %d step(s) skipped%s",
-            epoch + 1,
-            train_loss,
-            dev_loss,
-            dev_cer,
-            lr_used,
-            st["skipped"],
-            f"; stopping: {schedule.state['reason']}" if schedule.stop else "",
-        )
-        st.update(epoch=epoch + 1, batch=0, loss_sum=0.0, utts=0, skipped=0)
-        if main:
-            save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "model_args": margs,
-                    "epoch": epoch + 1,
-                    "dev_loss": dev_loss,
-                    "dev_cer": dev_cer,
-                },
-                exp_dir / f"epoch-{epoch + 1}.pt",
+def _train_step(run: _Run, batch: tuple[torch.Tensor, ...], global_size: int) -> None:
+    """One optimizer step on this rank's share of a global batch of ``global_size`` utterances.
+
+    A non-finite loss or gradient skips the update; utterances too short for their labels are left out.
+    """
+    st, device, epoch, k = run.st, run.device, run.st["epoch"], run.st["batch"]
+    x, x_lens, y, y_lens = (t.to(device) for t in batch)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
+        lp, out_lens = run.net(x, x_lens)
+    loss_sum, n_bad = ctc_loss(lp.float(), out_lens, y, y_lens)
+    loss = loss_sum * (run.world / global_size)  # DDP averages over ranks: the result is sum / global batch
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.opt)
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip or math.inf)
+    loss_all, n_bad = _all_sum([loss_sum.item(), float(n_bad)], device)
+    if math.isfinite(loss_all) and torch.isfinite(norm):
+        run.schedule.apply(run.opt, st["step"])
+        run.scaler.step(run.opt)
+        st["loss_sum"] += loss_all
+        st["utts"] += global_size
+    else:
+        st["skipped"] += 1
+        if not run.use_amp:  # with AMP an overflow is how the loss scale calibrates itself
+            log.warning(
+                "epoch %d batch %d: non-finite loss %.4g / gradient norm %.4g; step skipped",
+                epoch + 1,
+                k,
+                loss_all,
+                float(norm),
             )
-            checkpoint(exp_dir / "last.pt")
-            write_metrics(exp_dir, st["history"])
-            try:
-                plot_metrics(exp_dir, st["history"])
-            except Exception as e:  # noqa: BLE001 - a plotting problem must not end a training run
-                log.warning("plotting failed: %s", e)
-        if world > 1:
-            dist.barrier()
-    if main:
+    run.scaler.update()
+    if n_bad:
+        st["dropped"] += int(n_bad)
+        log.warning("epoch %d batch %d: %d utterance(s) too short for their labels left out", epoch + 1, k, int(n_bad))
+    st["batch"] += 1
+    st["step"] += 1
+
+
+def _train_one_epoch(
+    run: _Run, train_set: FeatsDataset, sampler: BucketBatchSampler, on_step: Callable[[int], None] | None
+) -> None:
+    """The rest of epoch ``st["epoch"]`` from batch ``st["batch"]``, with mid-epoch checkpoints."""
+    cfg, st, epoch = run.cfg, run.st, run.st["epoch"]
+    sampler.set_epoch(epoch, st["batch"])
+    sizes = [len(b) for b in sampler.global_batches()]
+    loader = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        # Seeds the workers' RNGs (augmentation) anew for each epoch and resume point, without
+        # drawing from the global RNG.
+        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + st["batch"]),
+    )
+    bar = tqdm(
+        total=len(sizes),
+        initial=st["batch"],
+        desc=f"epoch {epoch + 1}",
+        disable=None if run.main else True,
+        leave=False,
+    )
+    t0 = time.time()
+    for batch in loader:
+        _train_step(run, batch, sizes[st["batch"]])
+        bar.update(1)
+        if run.main and st["step"] % cfg.log_every == 0:
+            loss, lr = st["loss_sum"] / max(st["utts"], 1), run.schedule.lr_at(st["step"] - 1)
+            log.info("epoch %d step %d: train loss %.4f, lr %.3g", epoch + 1, st["step"], loss, lr)
+        if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 and st["batch"] < len(sizes):
+            st["seconds"] += time.time() - t0
+            t0 = time.time()
+            if run.main:
+                run.save_state(run.exp_dir / "last.pt")
+        if on_step is not None:
+            on_step(st["step"])
+    bar.close()
+    st["seconds"] += time.time() - t0
+
+
+@torch.no_grad()
+def evaluate(model: CTCModel, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """Dev ``(loss per utterance, greedy token error rate in %)``, summed over all ranks."""
+    model.eval()
+    loss = utts = errs = toks = 0.0
+    for x, x_lens, y, y_lens in loader:
+        lp, out_lens = model(x.to(device), x_lens.to(device))
+        loss_sum, _ = ctc_loss(lp, out_lens, y.to(device), y_lens.to(device))
+        e, t = greedy_errors(lp, out_lens, y, y_lens)
+        loss, utts, errs, toks = loss + float(loss_sum), utts + len(x_lens), errs + e, toks + t
+    loss, utts, errs, toks = _all_sum([loss, utts, errs, toks], device)
+    model.train()
+    return loss / max(utts, 1), 100.0 * errs / max(toks, 1)
+
+
+def _end_epoch(run: _Run, dev_loss: float, dev_cer: float) -> None:
+    """Step the schedule on the dev metric, log the epoch's row, and (rank 0) write its outputs."""
+    cfg, st, epoch = run.cfg, run.st, run.st["epoch"]
+    lr_used = run.schedule.lr_at(st["step"] - 1)  # metrics.csv: the rate of the epoch's last step
+    train_loss = st["loss_sum"] / max(st["utts"], 1)
+    run.schedule.step(dev_cer if cfg.schedule.metric == "dev_cer" else dev_loss, epoch + 1)
+    row = (epoch + 1, st["step"], train_loss, dev_loss, dev_cer, lr_used, st["seconds"])
+    st["history"].append(dict(zip(METRIC_COLUMNS, row, strict=True)))  # a metrics.csv row
+    log.info(
+        "epoch %d: train loss %.4f, dev loss %.4f, dev CER %.2f%%, lr %.3g, %d step(s) skipped%s",
+        epoch + 1,
+        train_loss,
+        dev_loss,
+        dev_cer,
+        lr_used,
+        st["skipped"],
+        f"; stopping: {run.schedule.state['reason']}" if run.schedule.stop else "",
+    )
+    st.update(epoch=epoch + 1, batch=0, loss_sum=0.0, utts=0, skipped=0)
+    if run.main:
+        save_epoch(run.exp_dir, epoch + 1, run.model, run.margs, dev_loss, dev_cer)
+        run.save_state(run.exp_dir / "last.pt")
+        write_metrics(run.exp_dir, st["history"])
+        try:
+            plot_metrics(st["history"], run.exp_dir / "plots")
+        except Exception as e:  # noqa: BLE001 - a plotting problem must not end a training run
+            log.warning("plotting failed: %s", e)
+    if run.world > 1:
+        dist.barrier()
+
+
+def _finish(run: _Run) -> Path:
+    """``final.pt``: the average of the chosen epochs' weights (rank 0 writes it)."""
+    cfg, exp_dir = run.cfg, run.exp_dir
+    if run.main:
         metric = cfg.schedule.metric if cfg.average_metric == "schedule" else cfg.average_metric
-        state, chosen = average_checkpoints(exp_dir, st["history"], cfg.average, cfg.average_n, metric)
-        save_checkpoint(
-            {"model": state, "model_args": margs, "averaged_epochs": chosen, "config": to_dict(cfg)},
-            exp_dir / "final.pt",
-        )
+        history, margs = run.st["history"], run.margs
+        chosen = save_final(exp_dir, history, cfg.average, cfg.average_n, metric, margs, to_dict(cfg))
         log.info("%s: final.pt = average of epoch(s) %s", exp_dir, ",".join(map(str, chosen)))
-    if world > 1:
+    if run.world > 1:
         dist.barrier()
     return exp_dir / "final.pt"
+
+
+def _run(run: _Run, train_set: FeatsDataset, dev_set: FeatsDataset, on_step: Callable[[int], None] | None) -> Path:
+    """Resume or start, train epoch after epoch (each ends with a dev pass and its outputs), then average."""
+    _resume_or_announce(run, train_set, dev_set)
+    run.net = run.model
+    if run.world > 1:
+        device = run.device
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    sampler, dev_loader = _batching(run, train_set, dev_set)
+    while run.st["epoch"] < run.cfg.max_epochs and not run.schedule.stop:
+        _train_one_epoch(run, train_set, sampler, on_step)
+        _end_epoch(run, *evaluate(run.model, dev_loader, run.device))
+    return _finish(run)
 
 
 def load_train_config(path: str | Path | list | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -488,4 +438,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-__all__ = ["OptimConfig", "TrainConfig", "ScheduleConfig", "train", "evaluate", "greedy_errors", "load_train_config"]
+__all__ = ["OptimConfig", "TrainConfig", "ScheduleConfig", "train", "evaluate", "load_train_config"]

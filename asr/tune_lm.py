@@ -98,7 +98,7 @@ def install(exp_dir: Path, lm_path: str | Path, row: tuple[float, float, float, 
 def _cmd_tune_lm(args: argparse.Namespace) -> int:
     from asr.datadir import DataDir
     from asr.decode import _config, log_probs_of
-    from asr.decoders.lm import load_lm
+    from asr.lm.backends import load_lm
     from asr.modeldir import ModelDir
 
     exp_dir, data_dir = Path(args.exp_dir), Path(args.data_dir)

@@ -1,7 +1,7 @@
 """Decoder speed and accuracy side by side: ms per utterance and WER on synthetic peaky log-probs.
 
 Each utterance is 5 s (500 frames, 29 tokens: blank, <unk>, <space>, A-Z) from
-``asr.decoders.compare.synthetic_log_probs``; the word 3-gram LM is estimated with ``asr build-lm``'s
+``bench.reference_decoders.synthetic_log_probs``; the word 3-gram LM is estimated with ``asr build-lm``'s
 Kneser-Ney on 3,000 other sentences of the same synthetic language. Competitors run on the very
 same log-probs and ARPA file, each with its own default pruning, and are skipped when not
 installed (``pip install 'asr[compare]'``). Our LM cache is cleared before every utterance so
@@ -33,13 +33,17 @@ from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for bench.* as a script
 
 import jiwer  # noqa: E402
 import torch  # noqa: E402
 
 from asr.decoders import DecodeConfig, make_decoder  # noqa: E402
 from asr.decoders.beam import BeamSearchDecoder  # noqa: E402
-from asr.decoders.compare import (  # noqa: E402
+from asr.decoders.greedy import GreedyDecoder  # noqa: E402
+from asr.lm.arpa import write_arpa  # noqa: E402
+from asr.lm.kneser_ney import estimate  # noqa: E402
+from bench.reference_decoders import (  # noqa: E402
     SYMBOLS,
     FastCTCDecode,
     Flashlight,
@@ -47,8 +51,6 @@ from asr.decoders.compare import (  # noqa: E402
     synthetic_corpus,
     synthetic_log_probs,
 )
-from asr.decoders.greedy import GreedyDecoder  # noqa: E402
-from asr.lm import estimate, write_arpa  # noqa: E402
 
 
 def have(module: str) -> bool:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_decode_"))
     arpa = str(tmp / "lm.arpa")
     write_arpa(*estimate(train, order=3), arpa)
-    from asr.decoders.lm import ArpaLM, load_lm
+    from asr.lm.backends import ArpaLM, load_lm
 
     lm = ArpaLM(arpa) if args.lm_backend == "arpa" else load_lm(arpa, args.lm_backend)
     (tmp / "words.txt").write_text("\n".join(vocab) + "\n")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         s = f"beam {beam}, 3-gram"
         cfg = DecodeConfig(beam=beam, alpha=a, beta=b)
         run(s, f"ours ({lm_name})", partial(BeamSearchDecoder, SYMBOLS, cfg, lm=lm))
-        lex = DecodeConfig(beam=beam, alpha=a, beta=b, lexicon=str(tmp / "words.txt"))
+        lex = DecodeConfig(beam=beam, alpha=a, beta=b, words=str(tmp / "words.txt"))
         run(s, f"ours + lexicon ({lm_name})", partial(BeamSearchDecoder, SYMBOLS, lex, lm=lm))
         if pyctc:
             run(s, "pyctcdecode", partial(PyCTCDecode, SYMBOLS, beam, lm=arpa, alpha=a, beta=b))

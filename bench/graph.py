@@ -33,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for bench.* as a script
 SHARED = Path(os.environ.get("ASR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 NEEDS = ("kaldifst", "kaldilm")
 
@@ -80,9 +81,10 @@ def prepare(recipe: str, corpus: Path, out: Path) -> Path:
 
 def synthetic(out: Path) -> tuple[Path, Path]:
     """bench/decode.py's LM (3,000 synthetic sentences, 3-gram) and its 29-token char lang dir."""
-    from asr.decoders.compare import SYMBOLS, synthetic_corpus
-    from asr.lm import estimate, write_arpa
+    from asr.lm.arpa import write_arpa
+    from asr.lm.kneser_ney import estimate
     from asr.tokens import TokenTable
+    from bench.reference_decoders import SYMBOLS, synthetic_corpus
 
     out.mkdir(parents=True)
     write_arpa(*estimate(synthetic_corpus(3020)[20:], order=3), out / "lm.arpa")

@@ -30,8 +30,8 @@ from torch import nn
 
 from asr.config import apply_overrides, dump, from_dict
 from asr.datadir import write_data_dir
-from asr.dataset import BucketBatchSampler, FeatsDataset, bucket_batches, collate, load_pipeline, padded_fraction
-from asr.features import FeatureConfig
+from asr.dataset import BucketBatchSampler, FeatsDataset, bucket_batches, collate, padded_fraction
+from asr.features import FeatureConfig, load_pipeline
 from asr.tokens import TokenTable
 from asr.train import TrainConfig, train
 

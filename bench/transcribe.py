@@ -24,9 +24,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from asr.checkpoint import model_args
 from asr.config import dump
 from asr.features import FeatureConfig
-from asr.modeldir import model_args
 from asr.models import ModelConfig, build_model
 
 RATE = 16000

@@ -11,18 +11,7 @@ import soundfile as sf
 import torch
 from kaldiio.matio import write_array
 
-from asr.augment import (
-    SpecAugConfig,
-    VtlpConfig,
-    augment_frames,
-    freq_warp,
-    perturb_wave,
-    spec_augment,
-    speed_prefix,
-    time_warp,
-    vtlp_first_bin,
-    warp_sources,
-)
+from asr.augment import augment_frames
 from asr.cli import main
 from asr.config import dump
 from asr.datadir import DataDir, Segment, read_kv, validate_data_dir, write_data_dir, write_kv
@@ -30,6 +19,9 @@ from asr.errors import AsrError
 from asr.features import FeatureConfig
 from asr.lock import hold
 from asr.perturb_feats import perturb_feats_speed, stretch_frames
+from asr.perturb_speed import perturb_wave, speed_prefix
+from asr.specaugment import SpecAugConfig, spec_augment, time_warp
+from asr.vtlp import VtlpConfig, freq_warp, vtlp_first_bin, warp_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -149,7 +141,7 @@ def test_perturb_speed_segments_and_bad_recordings(shared_data, tmp_path, caplog
                                              pytest.approx(0.2 / 1.1, abs=1e-3))
     assert any("r2" in r.getMessage() for r in caplog.records)
     with pytest.raises(AsrError, match="factor"):
-        from asr.augment import perturb_speed
+        from asr.perturb_speed import perturb_speed
 
         perturb_speed(src, tmp_path / "x", 3.0)
 

@@ -16,11 +16,11 @@ from asr.decoders import DecodeConfig, make_decoder
 from asr.decoders.beam import BeamSearchDecoder
 from asr.decoders.greedy import GreedyDecoder
 from asr.decoders.hypothesis import Hypothesis, words_from_tokens
-from asr.decoders.lm import ArpaLM
 from asr.decoders.pieces import PieceSpeller, PieceTrie
 from asr.errors import AsrError
+from asr.lm.backends import ArpaLM
 from asr.tokens import TokenTable, check_coverage, make_tokens
-from asr.transcribe import words_with_times
+from asr.word_times import words_with_times
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -194,7 +194,7 @@ def test_beam_lm_prefers_in_vocabulary_word(arpa: Path, tmp_path: Path, last: bo
     assert fused.tokens == [P["▁THE"], P["▁C"], P["AT"], *([P["▁SAT"]] if tail else [])]
     lex = tmp_path / "lexicon.txt"
     lex.write_text("THE\nCAT\nSAT\n")
-    hard = make_decoder(PIECES, DecodeConfig(beam=8, lexicon=str(lex))).decode(lp, n)[0][0]
+    hard = make_decoder(PIECES, DecodeConfig(beam=8, words=str(lex))).decode(lp, n)[0][0]
     assert hard.words == ["THE", "CAT", *tail]
     hot = make_decoder(PIECES, DecodeConfig(beam=8, hotwords=["CAT"], hotword_bonus=1.0)).decode(lp, n)[0][0]
     assert hot.words == ["THE", "CAT", *tail]
@@ -283,8 +283,8 @@ def test_piece_word_classes_score_like_word_strings(tmp_path: Path) -> None:
     cfg = DecodeConfig(beam=16, nbest=8, alpha=0.8, beta=0.4, unk_penalty=-3.0)
     fast = BeamSearchDecoder(SMALL, cfg, lm=ArpaLM(tmp_path / "lm.arpa"))
     slow = BeamSearchDecoder(SMALL, cfg, lm=ArpaLM(tmp_path / "lm.arpa"))
-    assert fast.by_class
-    slow.by_class = False
+    assert fast.scorer.by_class
+    slow.scorer.by_class = False
     a, b = fast.decode(lp, lens), slow.decode(lp, lens)
     assert [[(h.tokens, h.score) for h in hs] for hs in a] == [[(h.tokens, h.score) for h in hs] for hs in b]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -54,6 +54,23 @@ def test_bad_configs_are_one_line(tmp_path, yaml_text, overrides, message):
     with pytest.raises(AsrError) as err:
         config.load(Top, f, overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@dataclass
+class Renamed:
+    words: str | None = None
+    renamed_keys: ClassVar[dict[str, str]] = {"lexicon": "words"}
+
+
+@pytest.mark.parametrize("yaml_text, overrides", [("lexicon: w.txt\n", []), ("", ["lexicon=w.txt"])])
+def test_renamed_key_names_its_new_name(tmp_path, yaml_text, overrides):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(AsrError) as err:
+        config.load(Renamed, f, overrides)
+    assert "key 'lexicon' was renamed to 'words'" in str(err.value) and "\n" not in str(err.value)
+    assert config.load(Renamed, None, ["words=w.txt"]).words == "w.txt"
+    assert "renamed_keys" not in config.to_dict(Renamed())  # a ClassVar, not a key
 
 
 def test_missing_file(tmp_path):

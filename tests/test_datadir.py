@@ -11,14 +11,11 @@ from asr.datadir import (
     DataDir,
     Segment,
     check_data_dir,
-    combine_data_dirs,
-    fix_data_dir,
     read_kv,
-    split_data_dir,
-    subset_data_dir,
     validate_data_dir,
     write_data_dir,
 )
+from asr.datadir_ops import combine_data_dirs, fix_data_dir, split_data_dir, subset_data_dir
 from asr.errors import AsrError
 
 

@@ -12,9 +12,9 @@ import torch
 
 from asr.config import dump
 from asr.datadir import write_data_dir
-from asr.dataset import BucketBatchSampler, FeatsDataset, bucket_batches, collate, load_pipeline, padded_fraction
+from asr.dataset import BucketBatchSampler, FeatsDataset, bucket_batches, collate, padded_fraction
 from asr.errors import AsrError
-from asr.features import FeatureConfig
+from asr.features import FeatureConfig, load_pipeline
 from asr.tokens import TokenTable
 
 

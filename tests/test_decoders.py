@@ -13,8 +13,8 @@ from asr.config import load
 from asr.decoders import DecodeConfig, make_decoder
 from asr.decoders.beam import BeamSearchDecoder
 from asr.decoders.greedy import GreedyDecoder
-from asr.decoders.lm import ArpaLM
 from asr.errors import AsrError
+from asr.lm.backends import ArpaLM
 
 EXACT = dict(beam=10_000, nbest=10_000, token_min_logp=-1e9, beam_threshold=1e9, blank_skip=1.0)
 SYMS = ["<blk>", "<unk>", "<space>", "A", "B"]
@@ -193,7 +193,7 @@ def test_arpa_probabilities_with_backoff(arpa):
 
 def test_arpa_matches_kenlm(arpa):
     pytest.importorskip("kenlm")
-    from asr.decoders.lm import KenLM
+    from asr.lm.backends import KenLM
 
     a, k = ArpaLM(arpa), KenLM(arpa)
     for words in (["A", "B"], ["B", "A", "AB"], ["ZZZ", "A"], []):
@@ -257,8 +257,8 @@ def test_lm_changes_the_best_path(arpa):
     assert with_lm.words == ["A", "B"]
 
 
-def test_lexicon_prunes_non_words(tmp_path):
-    lex = tmp_path / "lexicon.txt"
+def test_word_list_prunes_non_words(tmp_path):
+    lex = tmp_path / "lexicon.txt"  # a lexicon works as a word list: its first fields
     lex.write_text("AB A B\nBA B A\n")
     rows = [
         [0.1, 0.02, 0.02, 0.8, 0.06],
@@ -268,7 +268,7 @@ def test_lexicon_prunes_non_words(tmp_path):
     ]
     lp = logp(rows)
     free = make_decoder(SYMS, DecodeConfig(beam=16)).decode(lp, torch.tensor([4]))[0][0]
-    lexd = make_decoder(SYMS, DecodeConfig(beam=16, lexicon=str(lex))).decode(lp, torch.tensor([4]))[0][0]
+    lexd = make_decoder(SYMS, DecodeConfig(beam=16, words=str(lex))).decode(lp, torch.tensor([4]))[0][0]
     assert free.words == ["AAB"]
     assert lexd.words == ["AB"]
 
@@ -317,8 +317,20 @@ def test_confs_load():
     assert load(DecodeConfig, root / "decode_greedy.yaml", ["beam=4"]).decoder == "greedy"
 
 
+def test_old_lexicon_key_names_words(tmp_path):
+    # "lexicon" is make-tokens' pronunciation dictionary; the decode key for a word list is "words".
+    conf = tmp_path / "decode.yaml"
+    conf.write_text("decoder: beam\nlexicon: words.txt\n")
+    for path, overrides in ((conf, None), (None, ["lexicon=words.txt"])):
+        with pytest.raises(AsrError) as e:
+            load(DecodeConfig, path, overrides)
+        msg = str(e.value)
+        assert "'lexicon' was renamed to 'words'" in msg and "\n" not in msg
+    assert load(DecodeConfig, None, ["words=words.txt"]).words == "words.txt"
+
+
 def test_prefix_free_symbols_and_trie_words():
-    from asr.decoders.lexicon import WordTrie, prefix_free
+    from asr.decoders.word_trie import WordTrie, prefix_free
 
     assert prefix_free(SYMS, {0, 2})
     assert not prefix_free(SYMS + ["AB"], {0, 2})  # "A" + "B" and "AB" spell the same string
@@ -329,8 +341,8 @@ def test_prefix_free_symbols_and_trie_words():
     assert (trie.word_of[~trie.final] == -1).all()
 
 
-@pytest.mark.parametrize("lexicon", [False, True])
-def test_word_classes_score_like_word_strings(arpa, tmp_path, lexicon):
+@pytest.mark.parametrize("word_list", [False, True])
+def test_word_classes_score_like_word_strings(arpa, tmp_path, word_list):
     # Completions keyed by trie node, with all non-words sharing one class, must give exactly what
     # spelling out every word gives; "<unk>" is a token here, so the LM's own "<unk>" is a word too.
     lex = tmp_path / "lex.txt"
@@ -340,15 +352,15 @@ def test_word_classes_score_like_word_strings(arpa, tmp_path, lexicon):
     logits[..., 1:3] += 1.5  # short words, some of them "<unk>"
     lp = torch.log_softmax(logits, -1)
     lens = torch.tensor([40, 31, 17])
-    cfg = DecodeConfig(beam=16, nbest=8, alpha=0.8, beta=0.4, unk_penalty=-3.0, lexicon=str(lex) if lexicon else None)
+    cfg = DecodeConfig(beam=16, nbest=8, alpha=0.8, beta=0.4, unk_penalty=-3.0, words=str(lex) if word_list else None)
     fast = BeamSearchDecoder(SYMS, cfg, lm=ArpaLM(arpa))
     slow = BeamSearchDecoder(SYMS, cfg, lm=ArpaLM(arpa))
-    assert fast.by_class
-    slow.by_class = False  # the word-string path
+    assert fast.scorer.by_class
+    slow.scorer.by_class = False  # the word-string path
     a, b = fast.decode(lp, lens), slow.decode(lp, lens)
     assert [[(h.tokens, h.score, h.timesteps) for h in hs] for hs in a] == [
         [(h.tokens, h.score, h.timesteps) for h in hs] for hs in b
     ]
     words = {w for hs in a for h in hs for w in h.words}
-    assert "<unk>" in words and (lexicon or "<unk>" in fast.trie.words)
-    assert lexicon or words - fast.lm.vocab - {"<unk>"}  # out-of-vocabulary words were scored too
+    assert "<unk>" in words and (word_list or "<unk>" in fast.scorer.trie.words)
+    assert word_list or words - fast.scorer.lm.vocab - {"<unk>"}  # out-of-vocabulary words were scored too

@@ -13,8 +13,9 @@ import torch
 
 from asr.decoders import DecodeConfig
 from asr.decoders.beam import BeamSearchDecoder
-from asr.decoders.compare import SYMBOLS, synthetic_corpus, synthetic_log_probs
-from asr.lm import estimate, write_arpa
+from asr.lm.arpa import write_arpa
+from asr.lm.kneser_ney import estimate
+from bench.reference_decoders import SYMBOLS, synthetic_corpus, synthetic_log_probs
 
 N = 40
 
@@ -45,7 +46,7 @@ def check(ours: list[str], theirs: list[str], refs: list[str], min_agree: float)
 
 def test_parity_fast_ctc_decode(setup):
     pytest.importorskip("fast_ctc_decode")
-    from asr.decoders.compare import FastCTCDecode
+    from bench.reference_decoders import FastCTCDecode
 
     lp, lens, refs, *_ = setup
     ours = texts(BeamSearchDecoder(SYMBOLS, DecodeConfig(beam=32)).decode(lp, lens))
@@ -55,7 +56,7 @@ def test_parity_fast_ctc_decode(setup):
 def test_parity_pyctcdecode_with_lm(setup):
     pytest.importorskip("pyctcdecode")
     pytest.importorskip("kenlm")
-    from asr.decoders.compare import PyCTCDecode
+    from bench.reference_decoders import PyCTCDecode
 
     lp, lens, refs, arpa, *_ = setup
     ours = texts(BeamSearchDecoder(SYMBOLS, DecodeConfig(beam=32, lm=arpa)).decode(lp, lens))
@@ -66,9 +67,9 @@ def test_parity_pyctcdecode_with_lm(setup):
 
 def test_parity_flashlight_lexicon_lm(setup):
     pytest.importorskip("flashlight.lib.text")
-    from asr.decoders.compare import Flashlight
+    from bench.reference_decoders import Flashlight
 
     lp, lens, refs, arpa, vocab, words = setup
-    cfg = DecodeConfig(beam=32, lm=arpa, lexicon=words)
+    cfg = DecodeConfig(beam=32, lm=arpa, words=words)
     ours = texts(BeamSearchDecoder(SYMBOLS, cfg).decode(lp, lens))
     check(ours, texts(Flashlight(SYMBOLS, 32, lm=arpa, lexicon=vocab).decode(lp, lens)), refs, 0.95)

@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from asr.checkpoint import model_args, model_from_checkpoint, save_checkpoint
 from asr.config import dump, from_dict
 from asr.errors import AsrError
 from asr.export import export
 from asr.features import FeatureConfig
-from asr.modeldir import model_args, model_from_checkpoint, save_checkpoint
 from asr.models import BLSTMEncoder, CTCHead, CTCModel, ModelConfig, build_model, ctc_loss
 from asr.models.frontend import Conv2dFrontend, conv_length, frontend_length
 from asr.tokens import TokenTable

@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 
 from asr.cli import main
-from asr.decoders.lm import ArpaLM
-from asr.lm import discounts, estimate, write_arpa
+from asr.lm.arpa import write_arpa
+from asr.lm.backends import ArpaLM
+from asr.lm.kneser_ney import discounts, estimate
 
 TOY = [["a", "b"], ["a", "b"], ["b"]]
 
@@ -75,7 +76,7 @@ def test_every_context_sums_to_one(tmp_path, order):
 
 def test_kenlm_reads_the_same_numbers(tmp_path):
     pytest.importorskip("kenlm")
-    from asr.decoders.lm import KenLM
+    from asr.lm.backends import KenLM
 
     probs, bo = estimate(random_corpus(), order=3)
     write_arpa(probs, bo, tmp_path / "lm.arpa")
@@ -95,3 +96,16 @@ def test_cli_plain_and_kaldi_text(tmp_path):
     assert (tmp_path / "p.arpa").read_text() == (tmp_path / "k.arpa").read_text()
     assert ArpaLM(tmp_path / "p.arpa").vocab == {"a", "b"}
     assert main(["build-lm", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.arpa")]) == 1
+
+
+def test_gz_arpa_is_gzipped_and_reads_back(tmp_path):
+    import gzip
+
+    sents = [["a", "b"], ["a", "c"], ["b", "c", "a"]]
+    probs, backoffs = estimate(sents, 3)
+    write_arpa(probs, backoffs, tmp_path / "lm.arpa")
+    write_arpa(probs, backoffs, tmp_path / "lm.arpa.gz")
+    assert gzip.open(tmp_path / "lm.arpa.gz", "rt", encoding="utf-8").read() == (tmp_path / "lm.arpa").read_text()
+    plain, packed = ArpaLM(tmp_path / "lm.arpa"), ArpaLM(tmp_path / "lm.arpa.gz")
+    assert packed.order == plain.order == 3
+    assert packed.sentence_logp(["a", "b"]) == plain.sentence_logp(["a", "b"])

@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 
+from asr.checkpoint import choose_epochs
 from asr.config import from_dict
 from asr.errors import AsrError
-from asr.modeldir import choose_epochs
 from asr.schedule import Schedule, ScheduleConfig
 from asr.train import TrainConfig
 

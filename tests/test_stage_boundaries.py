@@ -18,6 +18,7 @@ from conftest import ROOT, SHARED_DATA
 from trainutil import fsdd_dir, lang_dir
 
 from asr.audio import read_audio
+from asr.checkpoint import choose_epochs
 from asr.cli import main
 from asr.cmvn import Cmvn, apply_cmvn, utterance_cmvn
 from asr.config import apply_overrides, from_dict, read_yaml
@@ -26,7 +27,7 @@ from asr.decode import decode_dir, log_probs_of
 from asr.decoders import DecodeConfig
 from asr.errors import AsrError
 from asr.features import FeatureConfig, FeaturePipeline, compute_features, stack_frames
-from asr.modeldir import ModelDir, choose_epochs
+from asr.modeldir import ModelDir
 from asr.train import TrainConfig, train
 
 TINY = ["model.num_layers=1", "model.hidden=16", "frames_per_batch=400", "seed=3", "schedule.name=none"]

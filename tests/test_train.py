@@ -16,7 +16,8 @@ from trainutil import fsdd_dir, lang_dir
 
 from asr.cli import main
 from asr.config import apply_overrides, from_dict
-from asr.dataset import BucketBatchSampler, FeatsDataset, load_pipeline
+from asr.dataset import BucketBatchSampler, FeatsDataset
+from asr.features import load_pipeline
 from asr.modeldir import ModelDir
 from asr.tokens import TokenTable
 from asr.train import TrainConfig, load_train_config, train
@@ -94,7 +95,8 @@ def test_overfit_20_utterances(fsdd: tuple[Path, Path, Path], tmp_path: Path) ->
         "train.log",
         "epoch-35.pt",
         "final.pt",
-        "plots/loss.png",
+        "plots/training.png",
+        "plots/dev_cer.png",
     ):
         assert (exp / name).is_file(), name
 

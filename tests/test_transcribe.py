@@ -19,15 +19,8 @@ from asr.export import export
 from asr.models import ModelConfig
 from asr.schedule import ScheduleConfig
 from asr.train import OptimConfig, TrainConfig, train
-from asr.transcribe import (
-    AudioSource,
-    Transcriber,
-    _spread,
-    format_ctm,
-    format_srt,
-    token_frames,
-    words_with_times,
-)
+from asr.transcribe import AudioSource, Transcriber, format_ctm, format_srt
+from asr.word_times import _spread, token_frames, words_with_times
 
 
 def yesno_text(path: Path) -> str:

@@ -13,8 +13,8 @@ from trainutil import lang_dir, yesno_dir
 from asr.cli import main
 from asr.config import read_yaml
 from asr.decoders import DecodeConfig
-from asr.decoders.lm import load_lm
 from asr.errors import AsrError
+from asr.lm.backends import load_lm
 from asr.tune_lm import best, grid_search
 
 SYMBOLS = ["<blk>", "<unk>", "<space>", "E", "N", "O", "S", "T", "Y"]

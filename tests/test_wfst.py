@@ -190,8 +190,9 @@ def test_batch_equals_single(graphs):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """40 synthetic utterances ``(log_probs (40, 500, 29), refs)``, a 3-gram LM and its word list."""
-    from asr.decoders.compare import synthetic_corpus, synthetic_log_probs
-    from asr.lm import estimate, write_arpa
+    from asr.lm.arpa import write_arpa
+    from asr.lm.kneser_ney import estimate
+    from bench.reference_decoders import synthetic_corpus, synthetic_log_probs
 
     root = tmp_path_factory.mktemp("synthetic")
     corpus = synthetic_corpus(1540, seed=5)
@@ -203,7 +204,7 @@ def synthetic(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["optional", "required"])
 def test_wfst_agrees_with_prefix_beam_and_lexicon(synthetic, mode, tmp_path):
-    from asr.decoders.compare import SYMBOLS
+    from bench.reference_decoders import SYMBOLS
 
     root, lp, refs = synthetic
     n, alpha = len(refs), 0.5
@@ -211,7 +212,7 @@ def test_wfst_agrees_with_prefix_beam_and_lexicon(synthetic, mode, tmp_path):
     assert info["spelled"] == info["words"] - 4  # all but <eps>, #0, <s>, </s>
     lens = torch.full((n,), lp.shape[1])
     wfst = make_decoder(SYMBOLS, DecodeConfig(decoder="wfst", graph=str(tmp_path / "graph"), alpha=alpha))
-    beam = make_decoder(SYMBOLS, DecodeConfig(beam=32, lm=str(root / "lm.arpa"), lexicon=str(root / "words.txt"),
+    beam = make_decoder(SYMBOLS, DecodeConfig(beam=32, lm=str(root / "lm.arpa"), words=str(root / "words.txt"),
                                               alpha=alpha, beta=0.0))
     w, b = [h[0] for h in wfst.decode(lp, lens)], [h[0] for h in beam.decode(lp, lens)]
     agree = sum(x.words == y.words for x, y in zip(w, b, strict=True))

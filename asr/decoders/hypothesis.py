@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -51,10 +50,11 @@ class DecodeConfig:
     lm: str | None = None
     alpha: float = 0.5
     beta: float = 1.0
-    # Added (log domain) for each word outside the LM vocabulary; with an LM and no lexicon also for
+    # Added (log domain) for each word outside the LM vocabulary; with an LM and no word list also for
     # partial words that are no prefix of any LM word.
     unk_penalty: float = -10.0
-    lexicon: str | None = None
+    # A word list (one word per line; further fields, as in a lexicon, are ignored): output only its words.
+    words: str | None = None
     # Words or phrases to favour: each of their words gets hotword_bonus when completed, and a
     # growing share of it while being spelled (so it survives pruning until then).
     hotwords: list[str] = field(default_factory=list)
@@ -68,6 +68,9 @@ class DecodeConfig:
     max_active: int = 7000
     # Blank log-prob minus log(blank_scale) before decoding, as EESEN's --blank-scale (> 1: fewer blanks).
     blank_scale: float = 1.0
+
+    # Old key -> new key (see asr.config.from_dict): "lexicon" is make-tokens' pronunciation dictionary.
+    renamed_keys: ClassVar[dict[str, str]] = {"lexicon": "words"}
 
     def __post_init__(self) -> None:
         if self.beam < 1 or self.nbest < 1:
@@ -142,11 +145,3 @@ def check_inputs(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: int) -> 
             raise AsrError(f"decode: utterance {i} of the batch has NaN log-probs")
     return torch.log_softmax(lp.double(), dim=-1).numpy(), lens
 
-
-def log_add(a: float, b: float) -> float:
-    """log(exp(a) + exp(b)) for scalars, -inf safe."""
-    if a < b:
-        a, b = b, a
-    if b == -math.inf:
-        return a
-    return a + math.log1p(math.exp(b - a))

@@ -1,4 +1,4 @@
-"""Word tries over sentencepiece pieces, with the interface of :class:`asr.decoders.lexicon.WordTrie`.
+"""Word tries over sentencepiece pieces, with the interface of :class:`asr.decoders.word_trie.WordTrie`.
 
 A word of pieces is a piece starting with ``▁`` (the word start, its text after the marker) and
 then pieces without it. Unlike letters, pieces spell one word in many ways (``▁HE LLO``,

@@ -107,6 +107,17 @@ class CTCModel(nn.Module):
         h, out_lengths = self.encoder(x, lengths)
         return self.head(h), out_lengths
 
+    def forward_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for export (TorchScript, ONNX): no data-dependent shapes or branches, ``T >= 1``.
+
+        The same outputs on every utterance's frames; ``T'`` follows the input's ``T``
+        (``ceil(T / time_reduction)``) rather than the longest length, and frames past ``out_lengths``
+        are what the output layer makes of zeros.
+        """
+        if self.frontend is not None:
+            x, lengths = self.frontend(x, lengths)
+        return self.head(self.encoder.forward_padded(x, lengths)), lengths
+
 
 def build_model(cfg: ModelConfig, input_dim: int, vocab_size: int) -> CTCModel:
     return CTCModel(cfg, input_dim, vocab_size)

@@ -22,7 +22,9 @@ def reverse_index(lengths: torch.Tensor, t_max: int) -> torch.Tensor:
     return torch.where(t < n, n - 1 - t, t)
 
 
-def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def reverse_padded(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x`` (B, T, D) within its length, ``index = reverse_index(lengths, T)``;
+    frames past the length stay put. Its own inverse."""
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
@@ -61,8 +63,9 @@ class BLSTMEncoder(nn.Module):
             self.fwd.append(rnn_cls(d, hidden, batch_first=True, **kw))
             if bidirectional:
                 self.bwd.append(rnn_cls(d, hidden, batch_first=True, **kw))
-            if proj and cell != "lstm":
-                self.projs.append(nn.Linear(dirs * hidden, dirs * proj))
+            # Identity without a projection (no parameters): one entry per layer, so that the layer loop
+            # zips the lists, which TorchScript compiles where it rejects indexing them by a variable.
+            self.projs.append(nn.Linear(dirs * hidden, dirs * proj) if proj and cell != "lstm" else nn.Identity())
             d = dirs * out
         self.drop = nn.Dropout(dropout)
         self.output_dim = d
@@ -76,17 +79,27 @@ class BLSTMEncoder(nn.Module):
         t_max = int(lengths.max()) if lengths.numel() else 0
         if t_max == 0:  # recurrent kernels reject empty sequences
             return x.new_zeros(x.shape[0], 0, self.output_dim), lengths
-        x = x[:, :t_max]
-        rev = reverse_index(lengths, t_max) if self.bidirectional else None
-        for i in range(self.num_layers):
-            if i:
-                x = self.drop(x)
-            y = self.fwd[i](x)[0]
-            if rev is not None:
-                back = self.bwd[i](_gather_time(x, rev))[0]
-                y = torch.cat([y, _gather_time(back, rev)], dim=-1)
-            if len(self.projs):
-                y = self.projs[i](y)
-            x = y
-        mask = torch.arange(t_max, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
-        return x * mask.unsqueeze(-1).to(x.dtype), lengths
+        return self.forward_padded(x[:, :t_max], lengths), lengths
+
+    def forward_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, D), ``lengths`` (B,), T >= 1 -> ``y`` (B, T, H), zero past each length.
+
+        ``forward`` without trimming ``x`` to the longest utterance: no data-dependent shapes or
+        branches, so TorchScript and the ONNX exporter take it as it is (see asr/export.py).
+        """
+        lengths = lengths.to(device=x.device, dtype=torch.long)
+        if self.bidirectional:
+            rev = reverse_index(lengths, x.shape[1])
+            for i, (fwd, bwd, proj) in enumerate(zip(self.fwd, self.bwd, self.projs)):  # noqa: B905 (TorchScript)
+                if i > 0:
+                    x = self.drop(x)
+                y = fwd(x)[0]
+                back = reverse_padded(bwd(reverse_padded(x, rev))[0], rev)
+                x = proj(torch.cat([y, back], dim=-1))
+        else:
+            for i, (fwd, proj) in enumerate(zip(self.fwd, self.projs)):  # noqa: B905 (TorchScript)
+                if i > 0:
+                    x = self.drop(x)
+                x = proj(fwd(x)[0])
+        mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return x * mask.unsqueeze(-1).to(x.dtype)

@@ -1,8 +1,9 @@
 """Word tries over token ids, as dense tables so the beam search can follow them with numpy.
 
 A trie maps (node, token) -> node; node ``outside`` (the last row) is a sink that every unknown
-continuation falls into. The beam search keeps one trie node per prefix: for a lexicon it prunes
-prefixes that fall outside; for hotwords it gives partial matches a growing bonus.
+continuation falls into. The beam search keeps one trie node per prefix: for a word list
+(``DecodeConfig.words``) it prunes prefixes that fall outside; for hotwords it gives partial
+matches a growing bonus.
 """
 
 from __future__ import annotations
@@ -99,15 +100,15 @@ def prefix_free(symbols: list[str], skip: set[int]) -> bool:
 
 
 def read_word_list(path: str | os.PathLike) -> list[str]:
-    """Words of a lexicon (``WORD pron...``) or word list: the first field of each non-empty line."""
+    """Words of a word list, or of a lexicon (``WORD pron...``): the first field of each non-empty line."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             words = [line.split()[0] for line in f if line.strip()]
     except FileNotFoundError:
-        raise AsrError(f"{path}: no such lexicon file") from None
+        raise AsrError(f"{path}: no such word list file") from None
     except UnicodeDecodeError:
-        raise AsrError(f"{path}: lexicon is not UTF-8 text") from None
+        raise AsrError(f"{path}: word list is not UTF-8 text") from None
     if not words:
-        raise AsrError(f"{path}: lexicon is empty")
+        raise AsrError(f"{path}: word list is empty")
     return list(dict.fromkeys(words))

@@ -1,4 +1,4 @@
-"""Word n-gram LMs for shallow fusion: our own ARPA reader (any order, backoff) and a KenLM wrapper.
+"""Word n-gram LM back ends for shallow fusion: our own ARPA model (any order, backoff) and a KenLM wrapper.
 
 Both expose the same small interface, in natural-log units (ARPA stores log10):
 ``begin() -> state``, ``score(state, word) -> (logp, state)``, ``end(state) -> logp(</s>)``,
@@ -8,104 +8,17 @@ States are tuples of the last words that matter, so callers may use them as dict
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import math
 import os
 from pathlib import Path
 
 from asr.errors import AsrError
+from asr.lm.arpa import BOS, EOS, UNK, looks_like_arpa, read_arpa
 
 LN10 = math.log(10.0)
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 _KENLM_MISSING_UNK = -100.0  # log10 prob KenLM gives OOV words when the ARPA has no <unk>
 _CACHE_LIMIT = 2_000_000
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def read_arpa(path: str | os.PathLike, max_order: int | None = None) -> tuple[int, dict[tuple, tuple]]:
-    """Parse an ARPA file into ``(order, {ngram tuple: (log10 p, log10 backoff)})``.
-
-    ``max_order`` stops after that order (1 reads only the vocabulary). Anything malformed raises
-    AsrError naming the file and line.
-    """
-    path = Path(path)
-    counts: dict[int, int] = {}
-    table: dict[tuple, tuple] = {}
-    found: dict[int, int] = {}
-    section = None  # None: before \data\, 0: in \data\, n: in \n-grams:
-    ended = False
-    try:
-        f = _open_text(path)
-    except OSError as e:
-        raise AsrError(f"{path}: cannot open LM: {e.strerror or e}") from None
-    with f:
-        try:
-            for lineno, raw in enumerate(f, 1):
-                line = raw.strip()
-                if not line:
-                    continue
-                where = f"{path}:{lineno}"
-                if line == "\\data\\":
-                    section = 0
-                    continue
-                if section is None:
-                    continue  # free text before \data\ is allowed
-                if line == "\\end\\":
-                    ended = True
-                    break
-                if line.startswith("\\") and line.endswith("-grams:"):
-                    try:
-                        n = int(line[1:-7])
-                    except ValueError:
-                        raise AsrError(f"{where}: bad section header {line!r}") from None
-                    if n not in counts:
-                        raise AsrError(f"{where}: section {line!r} not declared in \\data\\")
-                    if max_order is not None and n > max_order:
-                        break
-                    section = n
-                    found[n] = 0
-                    continue
-                if section == 0:
-                    if not line.startswith("ngram ") or "=" not in line:
-                        raise AsrError(f"{where}: expected 'ngram N=count' in \\data\\, got {line!r}")
-                    try:
-                        n, c = (int(x) for x in line[6:].split("="))
-                    except ValueError:
-                        raise AsrError(f"{where}: bad count line {line!r}") from None
-                    counts[n] = c
-                    continue
-                parts = line.split()
-                n = section
-                if len(parts) not in (n + 1, n + 2):
-                    raise AsrError(f"{where}: expected log-prob, {n} word(s) and optional backoff, got {line!r}")
-                try:
-                    lp = float(parts[0])
-                    bo = float(parts[n + 1]) if len(parts) == n + 2 else 0.0
-                except ValueError:
-                    raise AsrError(f"{where}: not a number in {line!r}") from None
-                if math.isnan(lp) or math.isnan(bo) or lp > 0:
-                    raise AsrError(f"{where}: invalid log-prob in {line!r}")
-                table[tuple(parts[1 : n + 1])] = (lp, bo)
-                found[n] += 1
-        except UnicodeDecodeError:
-            raise AsrError(f"{path}: not a UTF-8 text ARPA file") from None
-    if section is None:
-        raise AsrError(f"{path}: no \\data\\ header; not an ARPA file")
-    if not counts:
-        raise AsrError(f"{path}: \\data\\ declares no n-gram counts")
-    order = max(counts)
-    for n, c in counts.items():
-        if max_order is not None and n > max_order:
-            continue
-        if found.get(n, 0) != c:
-            raise AsrError(f"{path}: \\data\\ declares {c} {n}-grams but the file has {found.get(n, 0)}")
-    if max_order is None and not ended:
-        raise AsrError(f"{path}: truncated (no \\end\\)")
-    return order, table
 
 
 class _SentenceScoring:
@@ -175,7 +88,6 @@ class ArpaLM(_SentenceScoring):
         return out
 
 
-
 class KenLM(_SentenceScoring):
     """KenLM's Python module behind the ArpaLM interface (same numbers, much faster loading)."""
 
@@ -186,13 +98,13 @@ class KenLM(_SentenceScoring):
         try:
             self.model = kenlm.Model(str(self.path))
         except (OSError, RuntimeError, Exception) as e:  # kenlm raises its own types
-            if _looks_like_arpa(self.path):
+            if looks_like_arpa(self.path):
                 read_arpa(self.path)  # re-read to point at the offending line
             raise AsrError(f"{self.path}: KenLM cannot load it: {str(e).splitlines()[0]}") from None
         self._kenlm = kenlm
         self.order = self.model.order
         self.vocab = None
-        if _looks_like_arpa(self.path):
+        if looks_like_arpa(self.path):
             self.vocab = {k[0] for k in read_arpa(self.path, max_order=1)[1]} - {BOS, EOS, UNK}
         start = kenlm.State()
         self.model.BeginSentenceWrite(start)
@@ -227,16 +139,6 @@ class KenLM(_SentenceScoring):
         return out
 
 
-
-def _looks_like_arpa(path: Path) -> bool:
-    try:
-        with _open_text(path) as f:
-            head = f.read(4096)
-    except (OSError, UnicodeDecodeError):
-        return False
-    return "\\data\\" in head
-
-
 def kenlm_available() -> bool:
     return importlib.util.find_spec("kenlm") is not None
 
@@ -250,6 +152,6 @@ def load_lm(path: str | os.PathLike, backend: str = "auto") -> ArpaLM | KenLM:
         if not kenlm_available():
             raise AsrError("the kenlm module is not installed: pip install kenlm (or use an ARPA file)")
         return KenLM(path)
-    if not _looks_like_arpa(path):
+    if not looks_like_arpa(path):
         raise AsrError(f"{path}: not an ARPA file (binary LMs need KenLM: pip install kenlm)")
     return ArpaLM(path)

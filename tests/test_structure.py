@@ -1,4 +1,5 @@
-"""The import graph inside asr/ has no cycles, lazy (function-level) imports included."""
+"""The library's shape, checked: no import cycles inside asr/ (lazy, function-level imports included),
+no function longer than 80 lines, no module longer than 450 (the style's ~400, with some slack)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,36 @@ def test_the_checker_finds_a_cycle(tmp_path):
 def test_asr_has_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycle(s) in asr/: " + "; ".join(" -> ".join(c) for c in found)
+
+
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 450
+
+
+def long_functions(root: Path = ASR, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``file:line name (n lines)`` of every function or method over ``limit`` lines, decorators excluded."""
+    found = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    found.append(f"{f.relative_to(root.parent)}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    pkg = tmp_path / "asr"
+    pkg.mkdir()
+    body = "".join(f"        x{i} = {i}\n" for i in range(80))
+    (pkg / "a.py").write_text(f"def short():\n    pass\n\n\nclass C:\n    def long(self):\n{body}")
+    assert long_functions(pkg) == ["asr/a.py:6 long (81 lines)"]
+
+
+def test_no_long_functions():
+    assert long_functions() == [], "split these into named steps"
+
+
+def test_no_long_modules():
+    sizes = {f.relative_to(ASR.parent): len(f.read_text(encoding="utf-8").splitlines()) for f in ASR.rglob("*.py")}
+    assert {str(f): n for f, n in sizes.items() if n > MAX_MODULE_LINES} == {}

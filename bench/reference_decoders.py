@@ -1,8 +1,8 @@
 """Run the same log-probs through other CTC decoders, and make synthetic inputs to compare on.
 
-For parity tests and ``bench/decode.py`` only; nothing here is needed at runtime. The decoders
-(pyctcdecode, torchaudio's ``ctc_decoder`` on flashlight-text, fast-ctc-decode) are imported when
-an adapter is built and fail with an install hint. Every adapter has the shared
+For parity tests and ``bench/decode.py`` only, so it lives outside the library: nothing here is
+needed at runtime. The decoders (pyctcdecode, torchaudio's ``ctc_decoder`` on flashlight-text,
+fast-ctc-decode) are imported when an adapter is built and fail with an install hint. Every adapter has the shared
 ``decode(log_probs (B, T, V), lengths (B,)) -> list[list[Hypothesis]]``; only ``words`` (and for
 flashlight ``tokens``) are filled in, scores are each decoder's own.
 """
@@ -92,7 +92,7 @@ class Flashlight:
         if lexicon is not None:
             import tempfile
 
-            from asr.decoders.lexicon import spell
+            from asr.decoders.word_trie import spell
 
             fd, lex_path = tempfile.mkstemp(suffix=".lex", dir=tmpdir)
             with open(fd, "w", encoding="utf-8") as f:

@@ -1,12 +1,13 @@
-"""``asr build-lm``: estimate a word n-gram LM with interpolated modified Kneser-Ney, write ARPA.
+"""Interpolated modified Kneser-Ney estimation of a word n-gram LM (what ``asr build-lm`` runs).
 
 Follows Chen & Goodman (1998) as KenLM's lmplz does: the highest order uses raw counts, lower
 orders continuation counts (how many distinct words precede the n-gram), except n-grams that
 start with ``<s>``, which keep raw counts since nothing can precede them. Each order has three
 discounts (for counts 1, 2, 3+) from its count-of-counts; the unigrams interpolate with a uniform
 distribution over the vocabulary (``</s>`` and ``<unk>`` included), so ``<unk>`` gets only that
-share. Written as a backoff ARPA file the interpolated model is exact: a seen n-gram stores its
-interpolated probability and each context its interpolation weight as backoff.
+share. Written as a backoff ARPA file (:func:`asr.lm.arpa.write_arpa`) the interpolated model is
+exact: a seen n-gram stores its interpolated probability and each context its interpolation
+weight as backoff.
 
 No maintained pip package does this estimation here (the ``kenlm`` module only queries models;
 lmplz needs a C++ build), and corpora for this toolkit are small, so it is plain Python.
@@ -14,19 +15,14 @@ lmplz needs a C++ build), and corpora for this toolkit are small, so it is plain
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 
-from asr.atomic import atomic_open
 from asr.errors import AsrError
+from asr.lm.arpa import BOS, EOS, UNK
 
 log = logging.getLogger(__name__)
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 
 def discounts(count_of_counts: Counter) -> tuple[float, float, float]:
@@ -103,70 +99,3 @@ def estimate(
             backoffs[n - 2] = gamma  # interpolation weights of the (n-1)-gram contexts
         probs.append(p)
     return probs, backoffs
-
-
-def write_arpa(probs: list[dict[tuple, float]], backoffs: list[dict[tuple, float]], path: str | os.PathLike) -> None:
-    """Write ``estimate``'s tables as an ARPA file (log10), ``<s>`` with the customary -99."""
-    order = len(probs)
-    tables = [dict(p) for p in probs]
-    tables[0][(BOS,)] = 0.0
-    with atomic_open(path, "w") as f:
-        f.write("\\data\\\n")
-        for n, t in enumerate(tables, 1):
-            f.write(f"ngram {n}={len(t)}\n")
-        for n, t in enumerate(tables, 1):
-            f.write(f"\n\\{n}-grams:\n")
-            for g in sorted(t):
-                lp = -99.0 if g == (BOS,) else math.log10(t[g])
-                line = f"{lp:.7f}\t{' '.join(g)}"
-                if n < order and g in backoffs[n - 1]:
-                    bo = backoffs[n - 1][g]
-                    line += f"\t{math.log10(bo) if bo > 0 else -99.0:.7f}"
-                f.write(line + "\n")
-        f.write("\n\\end\\\n")
-
-
-def read_sentences(path: Path, has_ids: bool) -> list[list[str]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.split() for line in f]
-    except FileNotFoundError:
-        raise AsrError(f"{path}: no such text file") from None
-    except UnicodeDecodeError:
-        raise AsrError(f"{path}: not UTF-8 text") from None
-    return [words[1:] if has_ids else words for words in lines if words[1 if has_ids else 0 :]]
-
-
-def _cmd_build_lm(args: argparse.Namespace) -> int:
-    src = Path(args.text)
-    has_ids = {"yes": True, "no": False}.get(args.utt_ids)
-    if src.is_dir():
-        src = src / "text"
-        has_ids = True if has_ids is None else has_ids
-    if has_ids is None:  # a Kaldi data dir's text file starts each line with an utterance id
-        has_ids = src.name == "text"
-    sentences = read_sentences(src, has_ids)
-    probs, backoffs = estimate(sentences, args.order)
-    write_arpa(probs, backoffs, args.output)
-    log.info(
-        "wrote %s: order %d, %s n-grams from %d sentences",
-        args.output,
-        args.order,
-        "/".join(str(len(p)) for p in probs),
-        len(sentences),
-    )
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("build-lm", help="estimate a modified Kneser-Ney word n-gram LM (ARPA)")
-    p.add_argument("text", help="training text: a plain file of sentences, a Kaldi 'text' file or a data dir")
-    p.add_argument("--order", type=int, default=3)
-    p.add_argument("-o", "--output", required=True, help="ARPA file to write")
-    p.add_argument(
-        "--utt-ids",
-        choices=["auto", "yes", "no"],
-        default="auto",
-        help="whether lines start with an utterance id (auto: yes for a file named 'text')",
-    )
-    p.set_defaults(func=_cmd_build_lm)

@@ -1,0 +1,1 @@
+"""Benchmarks (``python bench/NAME.py``) and the reference decoders the parity tests share with them."""
