@@ -19,6 +19,7 @@ from asr.errors import AsrError
 COMMAND_MODULES = [
     "asr.datadir",
     "asr.datadir_ops",
+    "asr.lhotse_io",
     "asr.make_feats",
     "asr.cmvn",
     "asr.perturb_speed",
