@@ -7,7 +7,7 @@ COMPARE := $(VENV)/.compare
 # Keep BLAS/OpenMP from oversubscribing small machines; torch picks its own intra-op threads.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-all demo lint bench clean-venv
+.PHONY: setup test test-all demo lint bench clean-venv chromium
 
 setup: $(STAMP)
 
@@ -29,7 +29,14 @@ $(COMPARE): $(STAMP)
 test: setup $(COMPARE)
 	$(BIN)/python -m pytest -q
 
-test-all: setup $(COMPARE)
+# Headless Chromium for the slow browser test of report.html (tests/test_report_browser.py). Best
+# effort: where it cannot be installed the test skips with its reason.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+	  || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium; } \
+	  || echo "warning: no Chromium; tests/test_report_browser.py will skip"
+
+test-all: setup $(COMPARE) chromium
 	$(BIN)/python -m pytest -q -m ''
 
 demo: setup
