@@ -8,6 +8,8 @@
 #          4 feats      asr make-feats + compute-cmvn      -> data/<set>/feats.scp, cmvn_global.ark
 #          5 tokens     asr make-tokens                    -> data/lang/tokens.txt
 #          6 lm         asr build-lm (train transcripts)   -> data/lm/lm.arpa      (LM_ORDER= to skip)
+#                       or LM_ARPA=file (.arpa or .arpa.gz, e.g. OpenSLR 11's for LibriSpeech): that LM,
+#                       decompressed/copied atomically, instead of one estimated here (LM_ORDER unused)
 #                       + asr make-graph when DECODERS has wfst -> data/lm/graph[_<unit>]/TLG.fst
 #          7 train      asr train                          -> exp/$(TAG)/final.pt
 #          8 tune       asr tune-lm on the dev set         -> exp/$(TAG)/lm_tuned.yaml (TUNE_LM= to skip)
@@ -63,6 +65,9 @@ FEATS_CONF ?= $(CONF)/fbank.yaml
 TRAIN_CONF ?= $(CONF)/blstm.yaml
 DECODE_CONF ?= $(CONF)/decode_beam.yaml
 LM_ORDER ?= 3
+# An existing ARPA LM (plain or gzipped) for stage 6 to install as data/lm/lm.arpa instead of
+# running `asr build-lm`; its contents are part of the stage's hash, so a changed file reruns it.
+LM_ARPA ?=
 DECODERS ?= greedy beam
 TAG ?= $(UNIT)_$(basename $(notdir $(TRAIN_CONF)))
 # One token table per unit: char and phone runs of a recipe must not overwrite each other's.
@@ -115,7 +120,7 @@ GRAPH_OPTS ?=
 # Stage 8 picks alpha/beta (and the OOV penalty) on DEV_SET and installs them in the model dir.
 TUNE_LM ?= 1
 TUNE_OPTS ?=
-LM := $(if $(LM_ORDER),data/lm/lm.arpa)
+LM := $(if $(or $(LM_ARPA),$(LM_ORDER)),data/lm/lm.arpa)
 # A config file that does not exist yet means the tool's built-in defaults.
 conf_opt = $(if $(wildcard $(1)),--conf $(1))
 # A CORPUS_DIR given on the command line (or environment) is someone's copy: never write into it.
@@ -195,10 +200,21 @@ tokens: data
 	$(stage_done)
 
 lm: data $(if $(WFST),tokens)
-	@$(call stage,6,lm,data/$(TRAIN_SET)/text $(if $(WFST),$(LANG_DIR)),$(LM) $(if $(WFST),$(GRAPH)/TLG.fst),$(LM_ORDER) $(GRAPH_OPTS),2-data $(if $(WFST),5-tokens))
-	$(if $(LM),$(ASR) build-lm data/$(TRAIN_SET)/text --order $(LM_ORDER) -o $(LM))
+	@$(call stage,6,lm,$(or $(LM_ARPA),data/$(TRAIN_SET)/text) $(if $(WFST),$(LANG_DIR)),$(LM) $(if $(WFST),$(GRAPH)/TLG.fst),$(or $(LM_ARPA),$(LM_ORDER)) $(GRAPH_OPTS),$(if $(LM_ARPA),,2-data) $(if $(WFST),5-tokens),$(LM_ARPA))
+	$(if $(LM_ARPA),$(install_arpa),$(if $(LM),$(ASR) build-lm data/$(TRAIN_SET)/text --order $(LM_ORDER) -o $(LM)))
 	$(if $(WFST),$(ASR) make-graph $(LANG_DIR) --lm $(LM) -o $(GRAPH) $(GRAPH_OPTS))
 	$(stage_done)
+
+# LM_ARPA -> $(LM) through a temp file and a rename; the plain copy is what every reader of the
+# LM (tune-lm's copy in the model dir, KenLM, kaldilm) takes.
+define install_arpa
+[ -f $(LM_ARPA) ] || { echo "LM_ARPA=$(LM_ARPA): no such file" >&2; exit 1; }
+mkdir -p $(dir $(LM))
+case $(LM_ARPA) in *.gz) gzip -dc -- $(LM_ARPA);; *) cat -- $(LM_ARPA);; esac > $(LM).tmp
+grep -m1 -qF '\data\' $(LM).tmp || { echo "LM_ARPA=$(LM_ARPA): no \data\ header, not an ARPA file" >&2; rm -f $(LM).tmp; exit 1; }
+mv -f $(LM).tmp $(LM)
+echo "$(LM): installed from $(LM_ARPA): $$(awk '/^ngram /{printf "%s ", $$0} /-grams:/{exit}' $(LM))"
+endef
 
 train: feats tokens
 	@$(call stage,7,train,data/$(TRAIN_DATA) data/$(DEV_SET) $(LANG_DIR),$(EXP)/final.pt,$(TAG) $(SEED) $(TRAIN_OPTS),4-feats 5-tokens,$(wildcard $(TRAIN_CONF)))
@@ -259,7 +275,7 @@ report: score
 define run_info
 { echo "## How these numbers were made"; echo
   echo "- command: \`$(strip make -C egs/$(notdir $(RECIPE)) $(filter-out PATH=% STAGE=% STOP_STAGE=% FORCE=%,$(MAKEOVERRIDES)))\`"
-  echo "- variant: $(or $(VARIANT),default); seed: $(SEED); unit: $(UNIT); model dir: \`$(EXP)\`; decoders: $(DECODERS); LM order: $(or $(LM_ORDER),none)"
+  echo "- variant: $(or $(VARIANT),default); seed: $(SEED); unit: $(UNIT); model dir: \`$(EXP)\`; decoders: $(DECODERS); $(if $(LM_ARPA),LM: \`$(notdir $(LM_ARPA))\`,LM order: $(or $(LM_ORDER),none))"
   echo "- configs: feats \`$(notdir $(or $(wildcard $(FEATS_CONF)),built-in))\`, train \`$(notdir $(or $(wildcard $(TRAIN_CONF)),built-in))\` $(TRAIN_OPTS), decode \`$(notdir $(or $(wildcard $(DECODE_CONF)),built-in))\`"
   echo "- training data: \`data/$(TRAIN_DATA)\` (speed perturbation: $(or $(SPEED_PERTURB),none); noise SNR dB: $(or $(NOISE_SNR),none)); LM weights tuned on \`$(DEV_SET)\`: $(if $(and $(LM),$(TUNE_LM)),yes,no)"
   echo "- machine: $$(nproc --all) CPU cores, $$(date '+%F'); code: $$(git -C $(ROOT) rev-parse --short HEAD 2>/dev/null || echo 'uncommitted')"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import re
@@ -88,8 +89,9 @@ def test_an4_prepare_from_sphinx_mfcc(tmp_path):
     assert "kind: precomputed" in (tmp_path / "test" / "feats.yaml").read_text()
 
 
-def _librispeech_archive(path: Path, subset: str, utts: list[tuple[str, str]]) -> None:
-    """A LibriSpeech-layout ``.tar.gz`` with short tones as audio."""
+def _librispeech_archive(path: Path, subset: str, utts: list[tuple[str, str]],
+                         audio: dict[str, Path] | None = None) -> None:
+    """A LibriSpeech-layout ``.tar.gz`` with short tones as audio (or ``audio[utt]``'s samples, as FLAC)."""
     with tarfile.open(path, "w:gz") as t:
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(f"LibriSpeech/{subset}/{name}")
@@ -100,7 +102,11 @@ def _librispeech_archive(path: Path, subset: str, utts: list[tuple[str, str]]) -
         for utt, text in utts:
             reader, chapter, _ = utt.split("-")
             buf = io.BytesIO()
-            sf.write(buf, 0.1 * np.sin(np.arange(8000) * 0.05).astype(np.float32), 16000, format="FLAC")
+            if audio and utt in audio:
+                samples, rate = sf.read(audio[utt], dtype="float32")
+                sf.write(buf, samples, rate, format="FLAC")
+            else:
+                sf.write(buf, 0.1 * np.sin(np.arange(8000) * 0.05).astype(np.float32), 16000, format="FLAC")
             add(f"{reader}/{chapter}/{utt}.flac", buf.getvalue())
             by_chapter.setdefault(f"{reader}/{chapter}/{reader}-{chapter}", []).append(f"{utt} {text}\n")
         for stem, lines in by_chapter.items():
@@ -125,6 +131,190 @@ def test_librispeech_download_and_prepare_offline(tmp_path):
     assert train.utt2spk["19-198-0001"] == "19-198" and train.text["26-495-0000"] == "CHAPTER ONE"
     assert (work / "downloads" / "dev-clean.tar.gz").is_file()
     assert "stage 1 download" in (work / "exp" / "log" / "stage1-download.log").read_text()
+
+
+def _official_lm(path: Path, sentences: list[str]) -> str:
+    """An OpenSLR 11-style LM file (gzipped ARPA) estimated by ``asr build-lm``; returns its ARPA text."""
+    corpus = path.parent / f"{path.name}.sentences"
+    corpus.write_text("".join(f"{t}\n" for t in sentences))
+    proc = subprocess.run([str(Path(sys.executable).parent / "asr"), "build-lm", str(corpus), "--order", "3",
+                           "-o", str(path)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    corpus.unlink()
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return f.read()
+
+
+def _unigram_arpa_gz(path: Path, words: list[str]) -> str:
+    """A minimal valid ARPA file (unigrams only), gzipped; returns its text."""
+    grams = ["-99 <s> 0", "-1 </s>", "-1 <unk>", *(f"-1 {w} 0" for w in words)]
+    text = f"\\data\\\nngram 1={len(grams)}\n\n\\1-grams:\n" + "\n".join(grams) + "\n\n\\end\\\n"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+LIBRI_SMALL = {
+    "train-clean-100": [("19-198-0000", "NORTHANGER ABBEY"), ("19-198-0001", "THIS LITTLE WORK"),
+                        ("26-495-0000", "CHAPTER ONE")],
+    "dev-clean": [("84-121123-0000", "GO DO YOU HEAR")],
+    "test-clean": [("61-70968-0000", "HE BEGAN")],
+}
+
+
+def test_librispeech_official_lm_offline(tmp_path):
+    """Stage 1 fetches OpenSLR 11's pruned 3-gram from LM_URL; stage 6 installs it (not build-lm) and reruns
+    when the file changes; LM_DIR is an existing copy, read and never written."""
+    mirror, work, lm_name = tmp_path / "mirror", tmp_path / "run", "3-gram.pruned.1e-7.arpa.gz"
+    mirror.mkdir()
+    work.mkdir()
+    for subset, utts in LIBRI_SMALL.items():
+        _librispeech_archive(mirror / f"{subset}.tar.gz", subset, utts)
+    official = _official_lm(mirror / lm_name, ["NORTHANGER ABBEY", "THIS LITTLE WORK", "OFFICIAL LIBRISPEECH TEXT"])
+    args = (f"LIBRI_URL={mirror.as_uri()}", f"LM_URL={mirror.as_uri()}", "TESTS=test-clean")
+    proc = make(work, "librispeech", "download", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (work / "downloads" / lm_name).read_bytes() == (mirror / lm_name).read_bytes()
+    assert f"{mirror.as_uri()}/{lm_name} -> downloads/{lm_name}" in (work / "exp/log/stage1-download.log").read_text()
+
+    installed = work / "data" / "lm" / "lm.arpa"
+    proc = make(work, "librispeech", "lm", "STAGE=6", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "build-lm" not in proc.stdout and f"installed from downloads/{lm_name}" in proc.stdout
+    assert installed.read_text() == official and "OFFICIAL LIBRISPEECH TEXT" in official
+    assert not list(installed.parent.glob("*.tmp"))
+    proc = make(work, "librispeech", "lm", "STAGE=6", *args)
+    assert "stage 6 lm: up to date, skipped" in proc.stdout, proc.stdout
+
+    # LM_DIR: someone's copy, used where it is; a changed file there reruns stage 6.
+    theirs = tmp_path / "openslr11"
+    theirs.mkdir()
+    for words in (["ANOTHER"], ["ANOTHER", "CHANGED"]):
+        expected = _unigram_arpa_gz(theirs / lm_name, words)
+        proc = make(work, "librispeech", "lm", "STAGE=6", f"LM_DIR={theirs}", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert installed.read_text() == expected
+    proc = make(work, "librispeech", "lm", "STAGE=6", f"LM_DIR={theirs}", "OFFICIAL_LM=4-gram", *args)
+    assert proc.returncode != 0 and "4-gram.arpa.gz not found there" in proc.stderr
+    assert sorted(os.listdir(theirs)) == [lm_name]
+    # Not an ARPA file: refused, the installed LM left as it was.
+    (theirs / "junk.arpa").write_text("not an LM\n")
+    proc = make(work, "librispeech", "lm", "STAGE=6", f"LM_ARPA={theirs / 'junk.arpa'}", *args)
+    assert proc.returncode != 0 and "not an ARPA file" in proc.stdout + proc.stderr
+    assert installed.read_text() == expected
+    # OFFICIAL_LM= : no LM_ARPA, stage 6 estimates a 3-gram from the training transcripts as before.
+    proc = make(work, "librispeech", "print-LM_ARPA", "OFFICIAL_LM=")
+    assert proc.returncode == 0 and proc.stdout.strip() == ""
+    proc = make(work, "librispeech", "print-LM_ARPA", "LM_DIR=/x")
+    assert proc.stdout.strip() == f"/x/{lm_name}"
+
+
+# Real speech for the end-to-end run: pocketsphinx's LibriVox reading (Sense and Sensibility) and card names.
+PS = SHARED / "pocketsphinx" / "test" / "data"
+LIBRI_REAL = {
+    "train-clean-100": [("1-870-0000", "librivox/sense_and_sensibility_01_austen_64kb-0870"),
+                        ("1-870-0001", "librivox/sense_and_sensibility_01_austen_64kb-0890"),
+                        ("1-870-0002", "librivox/sense_and_sensibility_01_austen_64kb-0920"),
+                        ("2-1-0000", "cards/001"), ("2-1-0001", "cards/002"), ("2-1-0002", "cards/005")],
+    "dev-clean": [("1-880-0000", "librivox/sense_and_sensibility_01_austen_64kb-0880"), ("2-3-0000", "cards/003")],
+    "test-clean": [("1-930-0000", "librivox/sense_and_sensibility_01_austen_64kb-0930"), ("2-4-0000", "cards/004")],
+}
+# CMU pronunciations (with stress, as librispeech-lexicon.txt) of the words speechocean762's lexicon lacks.
+EXTRA_PRONS = {
+    "MISTER": "M IH1 S T ER0", "DASHWOOD": "D AE1 SH W UH2 D", "LEISURE": "L EH1 ZH ER0",
+    "PRUDENTLY": "P R UW1 D AH0 N T L IY0", "DISPOSED": "D IH0 S P OW1 Z D", "HEARTED": "HH AA1 R T IH0 D",
+    "AMIABLE": "EY1 M IY0 AH0 B AH0 L", "RESPECTABLE": "R IH0 S P EH1 K T AH0 B AH0 L", "CLUBS": "K L AH1 B Z",
+    "QUEEN": "K W IY1 N", "SPADES": "S P EY1 D Z",
+}
+
+
+def _pocketsphinx_transcripts() -> dict[str, str]:
+    """``dir/id`` -> upper-case transcript, from the two pocketsphinx transcription files."""
+    out = {}
+    for d, name in (("librivox", "transcription"), ("cards", "cards.transcription")):
+        for line in (PS / d / name).read_text().splitlines():
+            m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
+            if m:
+                out[f"{d}/{m.group(2)}"] = " ".join(m.group(1).upper().split())
+    return out
+
+
+@pytest.mark.slow
+def test_librispeech_end_to_end_offline(tmp_path):
+    """Real speech in LibriSpeech archives + OpenSLR 11 files on file:// mirrors: every stage with the official
+    LM and a debug model, then BPE units (tokens..score) and phone units through a TLG graph."""
+    shared("pocketsphinx/test/data/librivox")
+    shared("speechocean762/resource/lexicon.txt")
+    missing = _missing_commands()
+    if missing:
+        pytest.skip(f"asr commands not implemented yet: {', '.join(missing)}")
+    texts = _pocketsphinx_transcripts()
+    mirror, work, lm_name = tmp_path / "mirror", tmp_path / "run", "3-gram.pruned.1e-7.arpa.gz"
+    mirror.mkdir()
+    work.mkdir()
+    for subset, utts in LIBRI_REAL.items():
+        _librispeech_archive(mirror / f"{subset}.tar.gz", subset, [(u, texts[src]) for u, src in utts],
+                             audio={u: PS / f"{src}.wav" for u, src in utts})
+    sentences = sorted(set(texts.values()))
+    official = _official_lm(mirror / lm_name, [*sentences, "OFFICIAL LIBRISPEECH TEXT"])
+    words = sorted({w for t in sentences for w in t.split()})
+    n_ref = sum(len(texts[src].split()) for _, src in LIBRI_REAL["test-clean"])
+    cmu = {}
+    for line in (SHARED / "speechocean762/resource/lexicon.txt").read_text().splitlines():
+        w, _, pron = line.partition("\t")
+        cmu.setdefault(w, pron.strip())
+    cmu.update(EXTRA_PRONS)
+    (mirror / "librispeech-lexicon.txt").write_text("".join(f"{w}\t{cmu[w]}\n" for w in words))
+
+    common = (f"LIBRI_URL={mirror.as_uri()}", f"LM_URL={mirror.as_uri()}", "TESTS=test-clean", "NJ=1",
+              f"TRAIN_CONF={ROOT / 'conf' / 'blstm_debug.yaml'}")
+    proc = make(work, "librispeech", *common, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout)
+    assert sorted(map(int, ran)) == list(range(1, 13)), proc.stdout
+    counts(work / "data", train_clean_100=6, dev_clean=2, test_clean=2)
+    assert (work / "data/lm/lm.arpa").read_text() == official
+    exp = work / "exp" / "char_blstm_debug"
+    assert (exp / "lm.arpa").read_text() == official  # what tune-lm installed in the model dir
+    for d in ("greedy", "beam"):
+        assert len((exp / f"decode_test_clean_{d}" / "text").read_text().splitlines()) == 2
+        assert re.search(rf"%WER [\d.]+ \[ \d+ / {n_ref},", (exp / f"decode_test_clean_{d}" / "wer").read_text())
+    assert f"LM: `{lm_name}`" in (work / "RESULTS.md").read_text()
+
+    # Subword units: stages 5 (tokens) .. 10 (score); data and features are the char run's.
+    proc = make(work, "librispeech", *common, "UNIT=bpe", "VOCAB_SIZE=40", "STAGE=5", "STOP_STAGE=10", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout)
+    assert sorted(map(int, ran)) == list(range(5, 11)), proc.stdout
+    assert (work / "data/lang_bpe/bpe.model").is_file()
+    exp = work / "exp" / "bpe_blstm_debug"
+    assert yaml.safe_load((exp / "config.yaml").read_text())["model"]["hidden"] == 16
+    for d in ("greedy", "beam"):
+        assert re.search(rf"%WER [\d.]+ \[ \d+ / {n_ref},", (exp / f"decode_test_clean_{d}" / "wer").read_text())
+
+    # Phone units: the lexicon is fetched with stage 1, prepared (stress removed) in stage 2, and spells the
+    # official LM's words in the TLG graph.
+    if _missing_commands_graph():
+        return
+    proc = make(work, "librispeech", *common, "UNIT=phone", "STOP_STAGE=2", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (work / "downloads" / "librispeech-lexicon.txt").is_file()
+    lexicon = (work / "data/local/lexicon.txt").read_text()
+    assert "DASHWOOD D AE SH W UH D\n" in lexicon and not re.search(r"\d", lexicon)
+    counts(work / "data", test_clean_phone=2)
+    proc = make(work, "librispeech", *common, "UNIT=phone", "STAGE=5", "STOP_STAGE=10", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (work / "data/lm/graph_phone/TLG.fst").is_file()
+    exp = work / "exp" / "phone_blstm_debug"
+    assert re.search(rf"%WER [\d.]+ \[ \d+ / {n_ref},", (exp / "decode_test_clean_wfst" / "wer").read_text())
+    assert re.search(r"%WER [\d.]+ \[ \d+ / \d+,", (exp / "decode_test_clean_greedy" / "wer").read_text())
+
+
+def _missing_commands_graph() -> bool:
+    """Whether the WFST extras (kaldifst, kaldilm) are missing."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is None for m in ("kaldifst", "kaldilm"))
 
 
 def make(workdir: Path, recipe: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
