@@ -47,6 +47,7 @@ RESUMABLE_KEYS = {
     "average",
     "average_n",
     "average_metric",
+    "tensorboard",
 }
 
 

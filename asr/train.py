@@ -38,7 +38,7 @@ from asr.config import load, to_dict
 from asr.dataset import BucketBatchSampler, FeatsDataset, collate
 from asr.errors import AsrError
 from asr.features import load_pipeline, read_feature_config
-from asr.metrics import METRIC_COLUMNS, greedy_errors, plot_metrics, write_metrics
+from asr.metrics import METRIC_COLUMNS, TensorBoardLog, greedy_errors, plot_metrics, write_metrics
 from asr.modeldir import check_exp_dir, open_for_training
 from asr.models import CTCModel, ModelConfig, build_model, ctc_loss
 from asr.schedule import Schedule, ScheduleConfig
@@ -82,6 +82,7 @@ class TrainConfig:
     num_workers: int = 0
     max_unk_fraction: float = 0.05  # more uncovered text than this is an error
     log_every: int = 50
+    tensorboard: bool = True  # scalars per step and epoch in EXP_DIR/tensorboard/ (needs the tensorboard package)
 
 
 # ------------------------------------------------------------------ distributed
@@ -174,13 +175,15 @@ class _Run:
     margs: dict
     st: dict = field(default_factory=_new_state)
     net: torch.nn.Module | None = None  # the model, DDP-wrapped on more than one process
+    tb: TensorBoardLog = field(default_factory=TensorBoardLog)  # writes nothing until _run opens it
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     def save_state(self, path: Path) -> None:
-        """``last.pt``: everything an exact resume needs."""
+        """``last.pt``: everything an exact resume needs (TensorBoard's points so far go to disk first)."""
+        self.tb.flush()
         save_train_state(path, self.model, self.margs, self.opt, self.schedule, self.scaler, self.st, to_dict(self.cfg))
 
 
@@ -267,6 +270,7 @@ def _train_step(run: _Run, batch: tuple[torch.Tensor, ...], global_size: int) ->
     if math.isfinite(loss_all) and torch.isfinite(norm):
         run.schedule.apply(run.opt, st["step"])
         run.scaler.step(run.opt)
+        run.tb.step(st["step"] + 1, loss_all / global_size, run.schedule.lr_at(st["step"]), float(norm))
         st["loss_sum"] += loss_all
         st["utts"] += global_size
     else:
@@ -351,6 +355,7 @@ def _end_epoch(run: _Run, dev_loss: float, dev_cer: float) -> None:
     run.schedule.step(dev_cer if cfg.schedule.metric == "dev_cer" else dev_loss, epoch + 1)
     row = (epoch + 1, st["step"], train_loss, dev_loss, dev_cer, lr_used, st["seconds"])
     st["history"].append(dict(zip(METRIC_COLUMNS, row, strict=True)))  # a metrics.csv row
+    run.tb.epoch(st["history"][-1])
     log.info(
         "epoch %d: train loss %.4f, dev loss %.4f, dev CER %.2f%%, lr %.3g, %d step(s) skipped%s",
         epoch + 1,
@@ -397,9 +402,11 @@ def _run(run: _Run, train_set: FeatsDataset, dev_set: FeatsDataset, on_step: Cal
             run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
     sampler, dev_loader = _batching(run, train_set, dev_set)
-    while run.st["epoch"] < run.cfg.max_epochs and not run.schedule.stop:
-        _train_one_epoch(run, train_set, sampler, on_step)
-        _end_epoch(run, *evaluate(run.model, dev_loader, run.device))
+    tb_dir = run.exp_dir / "tensorboard" if run.main and run.cfg.tensorboard else None
+    with TensorBoardLog(tb_dir, run.st["step"], run.cfg.log_every) as run.tb:
+        while run.st["epoch"] < run.cfg.max_epochs and not run.schedule.stop:
+            _train_one_epoch(run, train_set, sampler, on_step)
+            _end_epoch(run, *evaluate(run.model, dev_loader, run.device))
     return _finish(run)
 
 

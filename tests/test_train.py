@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -211,6 +212,8 @@ def test_ddp_two_processes_match_one(fsdd: tuple[Path, Path, Path], tmp_path: Pa
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in (tmp_path / "two" / "train.log").read_text()
+    if importlib.util.find_spec("tensorboard"):  # rank 0 alone writes TensorBoard events
+        assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert len(one) == len(two) == 2
     for r1, r2 in zip(one, two, strict=True):
