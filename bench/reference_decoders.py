@@ -173,16 +173,22 @@ def synthetic_corpus(n_sentences: int, n_words: int = 400, seed: int = 0) -> lis
 
 
 def synthetic_log_probs(
-    sentences: list[list[str]], frames: int = 500, seed: int = 0, confusion: float = 0.15, max_chars: int = 65
+    sentences: list[list[str]], frames: int = 500, seed: int = 0, confusion: float = 0.15, max_chars: int = 65,
+    symbols: list[str] | None = None,
 ) -> tuple[torch.Tensor, list[list[str]]]:
-    """Peaky CTC log-probs ``(B, frames, 29)`` for the sentences (cut to ``max_chars``) + references.
+    """Peaky CTC log-probs ``(B, frames, V)`` for the sentences (cut to ``max_chars``) + references.
 
     Like a trained model: blank dominates (about -10 log-prob for other tokens) except at 1-2
-    frame peaks of each token; 15 % of the peak frames have a competing letter that sometimes wins.
+    frame peaks of each token; 15 % of the peak frames have a competing token that sometimes wins.
+    ``symbols``: the token table (default ``SYMBOLS``: blank, <unk>, <space>, A-Z); words are spelled
+    in it by greedy longest match (:func:`unit_symbols` tables), competitors are its non-special tokens.
     """
+    from asr.decoders.word_trie import spell
+
+    symbols = symbols or SYMBOLS
     rng = np.random.default_rng(seed)
-    idx = {s: i for i, s in enumerate(SYMBOLS)}
-    V = len(SYMBOLS)
+    space = symbols.index(WORD_BOUNDARY)
+    V = len(symbols)
     out, refs = np.zeros((len(sentences), frames, V)), []
     for b, sent in enumerate(sentences):
         words: list[str] = []
@@ -191,7 +197,9 @@ def synthetic_log_probs(
                 break
             words.append(w)
         refs.append(words)
-        toks = [idx[WORD_BOUNDARY] if c == " " else idx[c] for c in " ".join(words)]
+        toks = []
+        for w in words:
+            toks += ([space] if toks else []) + (spell(w, symbols, {0, 1, space}) or [1])
         logits = rng.normal(0.0, 1.0, (frames, V))
         logits[:, 0] += 10 + rng.normal(0.0, 1.5, frames)
         centers = np.linspace(15, frames - 15, len(toks)) + rng.integers(-2, 3, len(toks))
@@ -202,6 +210,73 @@ def synthetic_log_probs(
                 logits[f, 0] -= 10 - rng.uniform(0, 3)
                 logits[f, tok] += strength
                 if rng.random() < confusion:
-                    logits[f, 3 + rng.integers(26)] += strength - rng.uniform(-0.5, 3.0)
+                    logits[f, 3 + rng.integers(V - 3)] += strength - rng.uniform(-0.5, 3.0)
         out[b] = logits
     return torch.log_softmax(torch.from_numpy(out).float(), -1), refs
+
+
+def unit_symbols(words: list[str], size: int) -> list[str]:
+    """A BPE-like table of ``size`` tokens: blank, <unk>, <space>, A-Z, then the most frequent letter
+    2- to 6-grams of ``words`` (ties by string), so words spell in multi-letter units."""
+    from collections import Counter
+
+    grams: Counter = Counter()
+    for w in words:
+        for n in range(2, 7):
+            grams.update(w[i : i + n] for i in range(len(w) - n + 1))
+    extra = [g for g, _ in sorted(grams.items(), key=lambda kv: (-kv[1], kv[0]))][: max(0, size - len(SYMBOLS))]
+    return SYMBOLS + extra
+
+
+def transcripts(root: str) -> tuple[list[list[str]], list[str]]:
+    """Every transcript under the shared corpora dir ``root`` (speechocean762 ``text``, AN4 and
+    pocketsphinx ``*.transcription``, FSDD file names' digits), upper-cased and cut to A-Z words, and
+    the sources found."""
+    import glob
+    import re
+
+    digits = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
+    out, found = [], []
+
+    def add(text: str) -> None:
+        words = re.sub(r"[^A-Z ]", " ", text.upper().replace("'", "")).split()
+        if words:
+            out.append(words)
+
+    for path in sorted(glob.glob(os.path.join(root, "speechocean762", "*", "text"))):
+        found.append(path)
+        for line in open(path, encoding="utf-8"):
+            add(line.split(maxsplit=1)[1] if " " in line.strip() else "")
+    pattern = os.path.join(root, "**", "*transcription")
+    for path in sorted(glob.glob(pattern, recursive=True)):
+        if "combined" in path:  # AN4's train + test again
+            continue
+        found.append(path)
+        for line in open(path, encoding="utf-8"):
+            add(re.sub(r"\(.*?\)\s*$|</?s>", " ", line))
+    wavs = glob.glob(os.path.join(root, "fsdd", "recordings", "*.wav"))
+    if wavs:
+        found.append(os.path.join(root, "fsdd", "recordings"))
+        out += [[digits[int(os.path.basename(p)[0])]] for p in sorted(wavs)]
+    return out, found
+
+
+def seeded_text(vocab: list[str], n_sentences: int, seed: int = 0, fanout: int = 64) -> list[list[str]]:
+    """Sentences from a seeded sparse word trigram-like process over ``vocab``: each word has
+    ``fanout`` Zipf-weighted successors, shuffled by the word before it, so word 3-grams are many."""
+    rng = np.random.default_rng(seed)
+    V = len(vocab)
+    succ = rng.integers(0, V, (V, fanout))
+    zipf = 1.0 / np.arange(1, fanout + 1)
+    cdf = np.cumsum(zipf / zipf.sum())
+    out = []
+    lens = rng.integers(4, 16, n_sentences)
+    for L in lens.tolist():
+        prev, w = 0, int(rng.integers(V))
+        sent = [w]
+        draws = np.searchsorted(cdf, rng.random(L))
+        for d in draws.tolist():
+            prev, w = w, int(succ[w, (d + prev) % fanout])
+            sent.append(w)
+        out.append([vocab[i] for i in sent])
+    return out

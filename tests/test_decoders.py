@@ -364,3 +364,43 @@ def test_word_classes_score_like_word_strings(arpa, tmp_path, word_list):
     words = {w for hs in a for h in hs for w in h.words}
     assert "<unk>" in words and (word_list or "<unk>" in fast.scorer.trie.words)
     assert word_list or words - fast.scorer.lm.vocab - {"<unk>"}  # out-of-vocabulary words were scored too
+
+
+@pytest.mark.parametrize("V", [30, 5000])
+def test_child_table_dict_equals_dense(V):
+    """The dict child table (large vocabularies) finds the same prefixes as the dense one."""
+    from asr.decoders.prefix_tree import PrefixTree
+
+    g = torch.Generator().manual_seed(V)
+    syms = ["<blk>", *(f"t{i}" for i in range(1, V))]
+    logits = torch.randn(3, 30, V, generator=g, dtype=torch.float64)
+    logits[:, :, 1:9] += 6.0  # a few competitive tokens per frame, the rest far below
+    lp, lens = torch.log_softmax(logits, -1), torch.tensor([30, 22, 9])
+    out = []
+    for dense in (True, False):
+        dec = BeamSearchDecoder(syms, DecodeConfig(beam=16, nbest=4))
+        dec.tree = PrefixTree(V, capacity=64, dense=dense)
+        hyps = dec.decode(lp, lens)
+        out.append([[(h.tokens, h.timesteps, h.score) for h in hs] for hs in hyps])
+        assert dec.tree.dense == dense and dec.tree.n > 64  # the tables grew
+    assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("words", [False, True])
+def test_batch_equals_one_by_one_with_lm(arpa, tmp_path, words):
+    """Utterances searched together give exactly what each gives alone (hypotheses, scores, frames)."""
+    g = torch.Generator().manual_seed(11)
+    lp = torch.cat([peaky(s, T=50) for s in range(5)])
+    lp[3, :, 0] += 8.0  # blank-dominated: few active frames, it retires early
+    lp = torch.log_softmax(lp + 0.3 * torch.randn(lp.shape, generator=g), -1)
+    lens = torch.tensor([50, 41, 0, 50, 17])
+    wl = tmp_path / "w.txt"
+    wl.write_text("A\nB\nAB\n")
+    cfg = DecodeConfig(beam=6, nbest=3, alpha=0.8, beta=0.5, words=str(wl) if words else None)
+    dec = BeamSearchDecoder(SYMS, cfg, lm=ArpaLM(arpa))
+    batch = dec.decode(lp, lens)
+    for i in range(5):
+        single = dec.decode(lp[i : i + 1, : max(int(lens[i]), 1)], lens[i : i + 1])[0]
+        key = [(h.tokens, h.timesteps, h.score) for h in single]
+        assert [(h.tokens, h.timesteps, h.score) for h in batch[i]] == key
+    assert batch[2][0].tokens == []  # the empty utterance

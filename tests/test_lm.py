@@ -109,3 +109,19 @@ def test_gz_arpa_is_gzipped_and_reads_back(tmp_path):
     plain, packed = ArpaLM(tmp_path / "lm.arpa"), ArpaLM(tmp_path / "lm.arpa.gz")
     assert packed.order == plain.order == 3
     assert packed.sentence_logp(["a", "b"]) == plain.sentence_logp(["a", "b"])
+
+
+def test_arpa_reader_warns_above_its_size_limit(tmp_path, monkeypatch, caplog):
+    from asr.lm import backends
+
+    write_arpa(*estimate(TOY, order=2), tmp_path / "lm.arpa")
+    with caplog.at_level("WARNING", logger="asr.lm.backends"):
+        ArpaLM(tmp_path / "lm.arpa")
+    assert not caplog.records
+    monkeypatch.setattr(backends, "ARPA_WARN_NGRAMS", 3)
+    with caplog.at_level("WARNING", logger="asr.lm.backends"):
+        lm = ArpaLM(tmp_path / "lm.arpa")
+    (rec,) = caplog.records
+    msg = rec.getMessage()
+    assert "\n" not in msg and "kenlm" in msg and str(tmp_path / "lm.arpa") in msg and "n-grams" in msg
+    assert lm.vocab == {"a", "b"}  # a warning, not a refusal

@@ -147,6 +147,9 @@ class WordScorer:
         if self.trie is None and self.hot is None and self.lm is not None:
             self.b_tab = np.zeros(len(self.symbols))
             self.b_tab[b if self.starts is None else self.starts] = self.cfg.beta
+            self.b_most = self.b_tab.max()
+        self.t_most = None if self.t_tab is None else self.t_tab.max(1)
+        self.h_most = None if self.h_tab is None else self.h_tab.max(1)
 
     def reset(self) -> None:
         """Forget the LM contexts and cached word scores (before each utterance)."""
@@ -156,15 +159,27 @@ class WordScorer:
         self.wmemo: dict[tuple[int, str] | int, tuple[float, int]] = {}
 
     def pending(self, tree: PrefixTree, nodes: np.ndarray, C: np.ndarray) -> np.ndarray:
-        """``(B, K)`` score change of extending prefixes ``nodes`` with tokens ``C`` (see ``_tables``)."""
+        """``(U, W, K)`` score change of extending prefixes ``nodes (U, W)`` with tokens ``C (U, K)``
+        (see ``_tables``); ``(U, 1, K)`` where it does not depend on the prefix."""
+        cols = C[:, None, :]
         if self.t_tab is not None:
-            pend = self.t_tab[tree.tnode[nodes][:, None], C[None, :]]
+            pend = self.t_tab[tree.tnode[nodes][:, :, None], cols]
             if self.h_tab is not None:
-                pend = pend + self.h_tab[tree.hnode[nodes][:, None], C[None, :]]
+                pend += self.h_tab[tree.hnode[nodes][:, :, None], cols]
             return pend
         if self.h_tab is not None:
-            return self.h_tab[tree.hnode[nodes][:, None], C[None, :]]
-        return np.broadcast_to(self.b_tab[C], (len(nodes), len(C)))
+            return self.h_tab[tree.hnode[nodes][:, :, None], cols]
+        return self.b_tab[cols]
+
+    def most(self, tree: PrefixTree, nodes: np.ndarray) -> np.ndarray:
+        """``(U, W)`` the largest score change any token can bring prefixes ``nodes`` (an upper bound
+        of ``pending``, to drop tokens that cannot make it into the beam)."""
+        if self.t_tab is not None:
+            most = self.t_most[tree.tnode[nodes]]
+            return most if self.h_tab is None else most + self.h_most[tree.hnode[nodes]]
+        if self.h_tab is not None:
+            return self.h_most[tree.hnode[nodes]]
+        return np.full(nodes.shape, self.b_most)
 
     def enter(self, tree: PrefixTree, par: np.ndarray, tok: np.ndarray) -> None:
         """The word fields of the nodes ``tree.add(par, tok)`` just created (the last ``len(par)`` ones)."""
@@ -207,7 +222,7 @@ class WordScorer:
         w = self.wcache.get(node)
         if w is None:
             tok = tree.token[node]
-            if node == 0:
+            if tree.parent[node] < 0:  # a root: the empty prefix
                 w = ""
             elif self.starts is not None:  # a word-start piece begins the word afresh
                 w = self.text[tok] if self.starts[tok] else self._word(tree, int(tree.parent[node])) + self.text[tok]

@@ -50,6 +50,28 @@ def looks_like_arpa(path: Path) -> bool:
     return "\\data\\" in head
 
 
+def declared_counts(path: Path) -> dict[int, int]:
+    """The n-gram counts the ``\\data\\`` header of ``path`` declares (``{}`` if it has none); reads
+    only the header."""
+    counts: dict[int, int] = {}
+    try:
+        with open_text(path) as f:
+            seen = False
+            for raw in f:
+                line = raw.strip()
+                if line == "\\data\\":
+                    seen = True
+                elif seen and line.startswith("ngram ") and "=" in line:
+                    n, _, c = line[6:].partition("=")
+                    if n.strip().isdigit() and c.strip().isdigit():
+                        counts[int(n)] = int(c)
+                elif seen and line.startswith("\\"):
+                    break
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return counts
+
+
 @dataclass
 class _Parsed:
     """What a pass over an ARPA file found, before validation."""
