@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,49 @@ def check_exp_dir(exp_dir: Path, cfg: Any, data_dir: Path, lang_dir: Path) -> No
         )
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu`` or ``cuda[:N]``; one AsrError if that GPU is absent."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AsrError(f"--device {device}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "CPU-only torch" if torch.version.cuda is None else f"torch for CUDA {torch.version.cuda}"
+            raise AsrError(f"--device {device}: no CUDA GPU is available here ({build}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AsrError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type != "cpu":
+        raise AsrError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (taskset, a container's cpuset) where the OS has one."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[int]:
+    """torch's intra-op threads set to ``n`` while inside, then put back.
+
+    torch sizes its pool from ``OMP_NUM_THREADS`` when it is imported (the Makefiles export 2 for tests,
+    ``egs/recipe.mk`` 1 for recipes); this overrides that for the block, so a decode's thread count is
+    what its ``--threads``/``--nj`` say.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield max(1, n)
+    finally:
+        torch.set_num_threads(before)
+
+
 class ModelDir:
     """A loaded model dir: ``.model`` (eval mode), ``.tokens``, ``.feature_config``, ``.pipeline``, ``.config``."""
 
@@ -148,7 +192,11 @@ class ModelDir:
 
     @classmethod
     def load(cls, exp_dir: str | Path, checkpoint: str = "final.pt", device: str | torch.device = "cpu") -> ModelDir:
-        """Load ``exp_dir/checkpoint`` (a name inside the dir or a path) with the dir's tokens and features."""
+        """Load ``exp_dir/checkpoint`` (a name inside the dir or a path) with the dir's tokens and features.
+
+        ``device``: where the model runs (:func:`resolve_device`: ``cpu``, ``cuda[:N]`` or ``auto``);
+        :meth:`log_probs` takes CPU features and gives CPU log-probs either way.
+        """
         exp_dir = Path(exp_dir)
         if not exp_dir.is_dir():
             raise AsrError(f"{exp_dir}: no such model dir")
@@ -158,9 +206,9 @@ class ModelDir:
         ckpt_path = Path(checkpoint) if Path(checkpoint).is_file() else exp_dir / checkpoint
         if not ckpt_path.is_file():
             raise AsrError(f"{ckpt_path}: no such checkpoint (training not finished?)")
+        device = resolve_device(device)
         ckpt = load_checkpoint(ckpt_path)
         model, _ = model_from_checkpoint(ckpt, str(ckpt_path))
-        device = torch.device(device)
         model.to(device).eval()
         tokens = TokenTable.load(exp_dir / "tokens.txt")
         if len(tokens) != model.vocab_size:

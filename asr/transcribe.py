@@ -309,9 +309,11 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     # A model dir with a tuned LM (asr tune-lm) decodes with it unless told otherwise.
     decode = apply_tuned(decode, args.model_dir, explicit_keys(args.set), bool(args.lm), named_decoder(args, decode))
     engine = args.engine
+    if engine != "eager" and args.device not in ("auto", "cpu"):
+        raise AsrError(f"--device {args.device}: an exported --engine runs on the CPU (use --engine eager)")
     tr = Transcriber(
         args.model_dir, decode, checkpoint=args.checkpoint, chunk_seconds=args.chunk_seconds, engine=engine,
-        align=args.align,
+        align=args.align, device=args.device if engine == "eager" else "cpu",
     )
     done, failed = [], 0
     for key, source in expand_inputs(args.files, tr.rate):
@@ -350,6 +352,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["text", "json", "ctm", "srt"], default="text")
     p.add_argument("-o", "--output", help="write here (atomically) instead of stdout")
     p.add_argument("--checkpoint", default="final.pt")
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: cpu, cuda[:N], or auto (cuda when torch sees a GPU); search on the CPU")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="long audio is processed in chunks this long")
     p.add_argument(
         "--engine", default="eager", help="'eager', or a TorchScript (.ts) or ONNX (.onnx) file from 'asr export'"
