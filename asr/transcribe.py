@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -50,7 +49,7 @@ class Transcript:
 class Transcriber:
     """Load a model dir once; transcribe many files.
 
-    ``engine`` is ``eager`` (the checkpoint) or a TorchScript (.ts) or ONNX (.onnx) file from ``asr export``.
+    ``engine`` is ``eager`` (the checkpoint) or a file from ``asr export`` (.pt2, .onnx or TorchScript .ts).
     """
 
     def __init__(
@@ -95,30 +94,21 @@ class Transcriber:
         self.segment_frames = max(1, round(segment_seconds * self.rate / self.hop))
         # chunk + context on both sides + the one second either way that _border may move the end
         self.window = self.chunk + 2 * self.context + 2 * (self.rate // self.hop) * self.hop
-        self.scripted = self.onnx = None
-        if engine.endswith(".onnx"):
-            try:
-                import onnxruntime
-            except ImportError:
-                raise AsrError("running an ONNX model needs onnxruntime: pip install 'asr[export]'") from None
-            self.onnx = onnxruntime.InferenceSession(engine, providers=["CPUExecutionProvider"])
-        elif engine != "eager":
-            if not os.path.isfile(engine):
-                raise AsrError(f"{engine}: no such exported model (run 'asr export')")
-            self.scripted = torch.jit.load(engine, map_location="cpu").eval()
+        # An exported network (asr export: .pt2, .onnx or TorchScript) replaces the checkpoint's model;
+        # features, tokens and decoding still come from the model dir.
+        self.exported = None
+        if engine != "eager":
+            from asr.export import load_exported
+
+            self.exported = load_exported(engine)
 
     # ------------------------------------------------------------------ model on one chunk
-    @torch.no_grad()  # a TorchScript engine would otherwise keep every chunk's autograd graph
+    @torch.no_grad()  # an exported engine would otherwise keep every chunk's autograd graph
     def _log_probs(self, wave: torch.Tensor) -> torch.Tensor:
         """Audio ``(T,)`` -> log-probs ``(N', V)`` of the whole piece."""
         feats = self.md.pipeline(compute_features(wave, self.cfg))
-        if self.onnx is not None:
-            out = self.onnx.run(
-                None, {"feats": feats.unsqueeze(0).numpy(), "lengths": np.array([feats.shape[0]], dtype=np.int64)}
-            )
-            return torch.from_numpy(out[0][0])
-        if self.scripted is not None:
-            lp, _ = self.scripted(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
+        if self.exported is not None:
+            lp, _ = self.exported(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
             return lp[0].float()
         lp, lens = self.md.log_probs([feats])
         return lp[0, : int(lens[0])]
@@ -356,7 +346,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the model runs: cpu, cuda[:N], or auto (cuda when torch sees a GPU); search on the CPU")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="long audio is processed in chunks this long")
     p.add_argument(
-        "--engine", default="eager", help="'eager', or a TorchScript (.ts) or ONNX (.onnx) file from 'asr export'"
+        "--engine", default="eager", help="'eager', or a file from 'asr export' (.pt2, .onnx, or TorchScript .ts)"
     )
     p.add_argument("--align", action="store_true",
                    help="word times from a forced alignment of the hypothesis (as 'asr align') instead of its spikes")

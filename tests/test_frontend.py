@@ -193,13 +193,13 @@ def test_chunks_line_up_with_the_whole_file(model_dir: Path, wav: Path) -> None:
     assert whole.transcribe(audio).text == chunked.transcribe(audio).text
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx"])
 def test_exported_frontend_model_transcribes_like_eager(model_dir: Path, wav: Path, fmt: str) -> None:
     from asr.transcribe import AudioSource, Transcriber
 
     if fmt == "onnx":
-        pytest.importorskip("onnx")
-        pytest.importorskip("onnxruntime")
+        for mod in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(mod)
     path = export(model_dir, fmt)
     audio = AudioSource.open(str(wav), 8000)
     eager = Transcriber(model_dir, chunk_seconds=6, progress=False).posteriors(audio)

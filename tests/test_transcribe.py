@@ -101,14 +101,15 @@ def test_long_file_in_chunks_equals_per_utterance_results(transcriber, yesno_fil
     assert all(w.end <= tr.duration for w in tr.words)
 
 
-def test_torchscript_and_onnx_exports_match_eager(model_dir, transcriber, yesno_files):
-    ts = export(model_dir, "torchscript")
-    scripted = Transcriber(model_dir, engine=str(ts), progress=False)
+def test_exports_match_eager(model_dir, transcriber, yesno_files):
     wave = AudioSource.open(str(yesno_files[3]), transcriber.rate)
     eager_lp = transcriber.posteriors(wave)
-    torch.testing.assert_close(scripted.posteriors(wave), eager_lp, atol=1e-4, rtol=1e-4)
-    assert scripted.transcribe(wave).text == transcriber.transcribe(wave).text
-    pytest.importorskip("onnxruntime")
+    for fmt in ("pt2", "torchscript"):
+        exported = Transcriber(model_dir, engine=str(export(model_dir, fmt)), progress=False)
+        torch.testing.assert_close(exported.posteriors(wave), eager_lp, atol=1e-4, rtol=1e-4)
+        assert exported.transcribe(wave).text == transcriber.transcribe(wave).text
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(mod)
     onnx_path = export(model_dir, "onnx")
     onnx_tr = Transcriber(model_dir, engine=str(onnx_path), progress=False)
     torch.testing.assert_close(onnx_tr.posteriors(wave), eager_lp, atol=1e-4, rtol=1e-4)
