@@ -386,9 +386,10 @@ def test_child_table_dict_equals_dense(V):
     assert out[0] == out[1]
 
 
-@pytest.mark.parametrize("words", [False, True])
+@pytest.mark.parametrize("words", [False, True, None])
 def test_batch_equals_one_by_one_with_lm(arpa, tmp_path, words):
-    """Utterances searched together give exactly what each gives alone (hypotheses, scores, frames)."""
+    """Utterances searched together give exactly what each gives alone (hypotheses, scores, frames):
+    one utterance per call takes asr.decoders.beam_one's 1-D path (``words`` None: plain search)."""
     g = torch.Generator().manual_seed(11)
     lp = torch.cat([peaky(s, T=50) for s in range(5)])
     lp[3, :, 0] += 8.0  # blank-dominated: few active frames, it retires early
@@ -397,7 +398,7 @@ def test_batch_equals_one_by_one_with_lm(arpa, tmp_path, words):
     wl = tmp_path / "w.txt"
     wl.write_text("A\nB\nAB\n")
     cfg = DecodeConfig(beam=6, nbest=3, alpha=0.8, beta=0.5, words=str(wl) if words else None)
-    dec = BeamSearchDecoder(SYMS, cfg, lm=ArpaLM(arpa))
+    dec = BeamSearchDecoder(SYMS, cfg, lm=None if words is None else ArpaLM(arpa))
     batch = dec.decode(lp, lens)
     for i in range(5):
         single = dec.decode(lp[i : i + 1, : max(int(lens[i]), 1)], lens[i : i + 1])[0]

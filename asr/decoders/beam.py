@@ -10,7 +10,8 @@ from doing little per frame, and from doing it for all utterances of a batch at 
 - the utterances of a ``decode`` call are searched together, each at its own k-th active frame
   (frame with candidates) at step k, their beams padded to one ``(utterances, members)`` array: the
   per-step numpy work (a few dozen calls on small arrays, which is what a frame costs) is shared
-  by the batch. Each utterance's result is exactly what it gives alone;
+  by the batch. Each utterance's result is exactly what it gives alone; a call with one utterance
+  runs the same step on 1-D arrays (:mod:`asr.decoders.beam_one`), without the padding's cost;
 - on an active frame, tokens whose best possible extension (an upper bound) cannot beat the
   beam are dropped, then all (member x token) extensions are scored at once, and only those that
   can still enter the beam are looked up (or created) in the prefix tree;
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from asr.decoders.beam_one import OneUtterance
 from asr.decoders.hypothesis import DecodeConfig, Hypothesis, check_inputs, word_starts, words_from_tokens
 from asr.decoders.prefix_tree import NEG, PrefixTree
 from asr.decoders.word_scores import WordScorer
@@ -85,7 +87,7 @@ class _Beams:
             setattr(self, k, getattr(self, k)[:m])
 
 
-class BeamSearchDecoder:
+class BeamSearchDecoder(OneUtterance):
     """Prefix beam search; ``decode(log_probs (B, T, V), lengths (B,))`` -> n-best lists."""
 
     def __init__(self, symbols: list[str], config: DecodeConfig | None = None, lm: ArpaLM | KenLM | None = None):
@@ -173,6 +175,8 @@ class BeamSearchDecoder:
         self.tree.reset(B)
         self.scorer.reset()
         P = self._prepare(lp, lens)
+        if B == 1:  # the same search without the batch's padding (asr.decoders.beam_one)
+            return [self._finish(*self._search_one(P))]
         S = _Beams(B, self.V)
         out: list[list[Hypothesis]] = [[] for _ in range(B)]
         m = B
@@ -301,10 +305,11 @@ class BeamSearchDecoder:
         return ext, ext + (com[:, :, None] + self.scorer.pending(tree, nodes, C)), thr, C
 
     def _children(
-        self, S: _Beams, par: np.ndarray, tk: np.ndarray, es: np.ndarray, fr: np.ndarray
+        self, S: _Beams, par: np.ndarray, tk: np.ndarray, es: np.ndarray, fr: np.ndarray | int
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The nodes of extensions ``(par, tk)`` with CTC scores ``es`` at frames ``fr``, created where new,
-        with their best score and its frame; and their flat index among the members (None: all new)."""
+        """The nodes of extensions ``(par, tk)`` with CTC scores ``es`` at frames ``fr`` (an int: all at that
+        frame), created where new, with their best score and its frame; and their flat index among the
+        members (None: all new)."""
         tree = self.tree
         ch = tree.lookup(par, tk)
         new = ch < 0
@@ -318,7 +323,7 @@ class BeamSearchDecoder:
         better = es > tree.best[ch]
         cb = ch[better]
         tree.best[cb] = es[better]
-        tree.frame[cb] = fr[better]
+        tree.frame[cb] = fr if isinstance(fr, int) else fr[better]
         return ch, tree.positions(S.nodes.ravel(), ch)
 
     def _merge(self, S: _Beams, idx: np.ndarray, es: np.ndarray) -> np.ndarray | None:
