@@ -3,8 +3,8 @@
 #
 #   stage  1 download   corpus (or CORPUS_DIR=existing copy)
 #          2 data       local/prepare.py CORPUS_DIR -> data/<set>/ (Kaldi data dirs)
-#          3 augment    perturb-speed / add-noise copies of the training set, combined
-#                                                          -> data/$(TRAIN_DATA)/ (SPEED_PERTURB=, NOISE_SNR=)
+#          3 augment    perturb-speed / add-noise copies of the training set (and a recipe's extra
+#                       training data), combined           -> data/$(TRAIN_DATA)/ (SPEED_PERTURB=, NOISE_SNR=)
 #          4 feats      asr make-feats + compute-cmvn      -> data/<set>/feats.scp, cmvn_global.ark
 #          5 tokens     asr make-tokens                    -> data/lang/tokens.txt
 #          6 lm         asr build-lm (train transcripts)   -> data/lm/lm.arpa      (LM_ORDER= to skip)
@@ -107,8 +107,14 @@ EXP := exp/$(TAG)
 SPEED_PERTURB ?=
 NOISE_SNR ?=
 NOISE_OPTS ?=
+# A recipe's own extra training data (fsdd's SYNTH=: synthetic speakers): the shell command
+# `extra_train_cmd` writes the data dirs EXTRA_TRAIN_DIRS, which are combined into TRAIN_DATA too;
+# EXTRA_TRAIN_NAME names them in TRAIN_DATA, and EXTRA_TRAIN_FILES (its scripts) count in the stage hash.
+EXTRA_TRAIN_NAME ?=
+EXTRA_TRAIN_DIRS ?=
+EXTRA_TRAIN_FILES ?=
 space := $(subst ,, )
-AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))
+AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))$(if $(EXTRA_TRAIN_NAME),_$(EXTRA_TRAIN_NAME))
 TRAIN_DATA := $(TRAIN_SET)$(AUG_NAME)
 PREP_SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
 SETS := $(sort $(TRAIN_DATA) $(DEV_SET) $(DECODE_SETS))
@@ -174,7 +180,7 @@ data: download
 	$(stage_done)
 
 augment: data
-	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED),2-data)
+	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED)$(if $(EXTRA_TRAIN_DIRS), $(extra_train_cmd)),2-data,$(EXTRA_TRAIN_FILES))
 	parts=""
 	for f in $(SPEED_PERTURB); do
 	  if [ -f data/$(TRAIN_SET)/wav.scp ]; then
@@ -184,7 +190,7 @@ augment: data
 	  fi
 	  parts="$$parts data/$(TRAIN_SET)_sp$$f"
 	done
-	$(if $(NOISE_SNR),$(ASR) add-noise data/$(TRAIN_SET) data/$(TRAIN_SET)_noise --snr $(NOISE_SNR) --seed $(SEED) --nj $(NJ) $(NOISE_OPTS); parts="$$parts data/$(TRAIN_SET)_noise")
+	$(if $(NOISE_SNR),$(ASR) add-noise data/$(TRAIN_SET) data/$(TRAIN_SET)_noise --snr $(NOISE_SNR) --seed $(SEED) --nj $(NJ) $(NOISE_OPTS); parts="$$parts data/$(TRAIN_SET)_noise")$(if $(EXTRA_TRAIN_DIRS),$(if $(NOISE_SNR),;) $(extra_train_cmd); parts="$$parts $(EXTRA_TRAIN_DIRS)")
 	if [ -n "$$parts" ]; then $(ASR) combine-data-dirs data/$(TRAIN_DATA) data/$(TRAIN_SET) $$parts; fi
 	$(stage_done)
 

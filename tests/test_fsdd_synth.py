@@ -1,0 +1,76 @@
+"""FSDD's synthetic speakers (egs/fsdd/local/synth_digits.py, SYNTH=): a valid 8 kHz data dir of digits,
+the same bytes on every run, and the recipe's stage 3 wiring."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from asr.datadir import DataDir, validate_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "egs" / "fsdd" / "local" / "synth_digits.py"
+WORDS = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
+
+
+def test_synth_digits_data_dir(tmp_path):
+    pytest.importorskip("espeakng_loader", reason="synthetic speakers need espeakng-loader (pip install -e '.[demo]')")
+    # Two runs at once, each in a fresh process: espeak-ng's output depends on what the process said
+    # before, so determinism means the same bytes from the same command, not from any one call.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    runs = [tmp_path / "a", tmp_path / "b"]
+    procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--max-voices", "5", "--utts-per-voice", "4",
+                               "--seed", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for out in runs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    a = runs[0]
+    assert validate_data_dir(a, need_audio=True) == []
+    d = DataDir.load(a)
+    assert len(d.utts) == 20 and len(d.spk2utt) == 5
+    assert all(spk.startswith("tts-en") for spk in d.spk2utt)
+    assert all(utt.startswith(d.utt2spk[utt] + "-") for utt in d.utts)
+    # Round-robin digits: 20 utterances say each digit twice.
+    texts = sorted(d.text.values())
+    assert texts == sorted(WORDS * 2)
+    for utt in d.utts:
+        wav = Path(d.wav_scp[utt])
+        assert wav.is_absolute() and wav.is_relative_to(a.resolve())
+        info = sf.info(wav)
+        assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
+        assert 0.1 < info.duration < 1.5, (utt, info.duration)
+    # Deterministic: the second run wrote the same transcripts and the same audio, byte for byte.
+    b = DataDir.load(runs[1])
+    assert b.text == d.text and b.utt2spk == d.utt2spk
+    for utt in d.utts:
+        assert Path(d.wav_scp[utt]).read_bytes() == Path(b.wav_scp[utt]).read_bytes(), utt
+    assert (a / "utt2synth").read_text() == (runs[1] / "utt2synth").read_text()
+
+
+def test_fsdd_synth_recipe_wiring():
+    """SYNTH= names the training data and puts synth_digits.py (seeded by SYNTH_SEED) into stage 3."""
+    def var(*args: str) -> str:
+        out = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), *args, "print-TRAIN_DATA"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert var("SPLIT=spk", "SYNTH=3") == "train_spk_synth3"
+    assert var("SPLIT=spk", "SYNTH=3", "NOISE_SNR=10") == "train_spk_noise10_synth3"
+    # On by default where a speaker is held out, off for the official split; SYNTH= turns it off.
+    assert var("SPLIT=spk") == "train_spk_synth3"
+    assert var("SPLIT=loso1", "TEST_SPEAKERS=george") == "train_loso_george_synth3"
+    assert var("SPLIT=spk", "SYNTH=") == "train_spk"
+    assert var() == "train"
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "fsdd"), "SPLIT=spk", "SYNTH=3", "augment"],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "local/synth_digits.py data/synth3 --utts-per-voice 3 --seed 1 " in dry.stdout
+    assert 'parts="$parts data/synth3"' in dry.stdout
+    assert "combine-data-dirs data/train_spk_synth3 data/train_spk $parts" in dry.stdout
