@@ -46,8 +46,9 @@ def _one_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def read_pronunciations(path: str | Path) -> dict[str, list[list[str]]]:
-    """``word -> [phones, ...]``: every pronunciation of each word of a ``word p1 p2 ...`` file, in file order."""
+def read_pronunciations(path: str | Path, strip_stress: bool = False) -> dict[str, list[list[str]]]:
+    """``word -> [phones, ...]``: the distinct pronunciations of each word of a ``word p1 p2 ...`` file, in
+    file order. ``strip_stress`` drops a phone's trailing stress digit (CMUdict's ``AH0`` -> ``AH``)."""
     path = Path(path)
     if not path.is_file():
         raise AsrError(f"{path}: no such lexicon file")
@@ -59,7 +60,9 @@ def read_pronunciations(path: str | Path) -> dict[str, list[list[str]]]:
                 continue
             if len(parts) < 2:
                 raise AsrError(f"{path}:{n}: word {parts[0]} has no phones")
-            prons.setdefault(parts[0], []).append(parts[1:])
+            pron = [p[:-1] if p[-1].isdigit() else p for p in parts[1:]] if strip_stress else parts[1:]
+            if pron not in prons.setdefault(parts[0], []):
+                prons[parts[0]].append(pron)
     if not prons:
         raise AsrError(f"{path}: empty lexicon")
     return prons

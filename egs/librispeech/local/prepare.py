@@ -15,34 +15,12 @@ lexicon lacks is ``<unk>`` there (counted on stdout), as make-tokens encodes it.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from asr.atomic import write_text
 from asr.datadir import write_data_dir
 from asr.errors import AsrError, run_script
-from asr.tokens import UNK
-
-
-def read_lexicon(path: Path) -> dict[str, list[list[str]]]:
-    """word -> pronunciations without stress digits, in file order, duplicates dropped."""
-    if not path.is_file():
-        raise AsrError(f"{path}: no such lexicon file (OpenSLR 11's librispeech-lexicon.txt)")
-    lex: dict[str, list[list[str]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise AsrError(f"{path}:{n}: word {parts[0]} has no phones")
-            pron = [re.sub(r"\d$", "", p) for p in parts[1:]]
-            prons = lex.setdefault(parts[0], [])
-            if pron not in prons:
-                prons.append(pron)
-    if not lex:
-        raise AsrError(f"{path}: empty lexicon")
-    return lex
+from asr.tokens import UNK, read_pronunciations
 
 
 def phone_texts(text: dict[str, str], lexicon: dict[str, list[list[str]]]) -> tuple[dict[str, str], int]:
@@ -88,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     lexicon = None
     if args.lexicon is not None:
-        lexicon = read_lexicon(args.lexicon)
+        lexicon = read_pronunciations(args.lexicon, strip_stress=True)
         lines = [f"{w} {' '.join(pron)}" for w in sorted(lexicon) for pron in lexicon[w]]
         write_text(args.out / "local" / "lexicon.txt", "\n".join(lines) + "\n")
         print(f"{args.out / 'local' / 'lexicon.txt'}: {len(lexicon)} words, {len(lines)} pronunciations, "

@@ -13,28 +13,12 @@ score phone error rate against.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from asr.atomic import write_text
 from asr.datadir import read_kv, write_data_dir
 from asr.errors import AsrError, run_script
-
-
-def read_lexicon(path: Path) -> dict[str, list[list[str]]]:
-    """word -> pronunciations without stress digits, in file order, duplicates dropped."""
-    lex: dict[str, list[list[str]]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 2:
-            raise AsrError(f"{path}:{n}: word {parts[0]} has no phones")
-        pron = [re.sub(r"\d$", "", p) for p in parts[1:]]
-        prons = lex.setdefault(parts[0], [])
-        if pron not in prons:
-            prons.append(pron)
-    return lex
+from asr.tokens import read_pronunciations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     lex_path = corpus / "resource" / "lexicon.txt"
     if not lex_path.is_file():
         raise AsrError(f"{lex_path}: no such file (is CORPUS_DIR the speechocean762 root?)")
-    lexicon = read_lexicon(lex_path)
+    lexicon = read_pronunciations(lex_path, strip_stress=True)
     tables = {}
     for split in ("train", "test"):
         src = corpus / split
