@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "asr.train",
     "asr.decode",
     "asr.align",
+    "asr.subsegment",
     "asr.tune_lm",
     "asr.lm.build",
     "asr.graph",

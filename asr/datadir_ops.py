@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from asr.atomic import write_text
@@ -88,18 +89,22 @@ def combine_data_dirs(dst: str | Path, srcs: list[str | Path]) -> Path:
 
     A file is written only when every source has it, so the result stays consistent. ``feats.yaml``
     goes with ``feats.scp``: sources whose features were made with different settings are refused.
+    Where some sources have ``segments`` and others do not, those others get whole-recording segments.
     """
-    dst = Path(dst)
+    dst, srcs = Path(dst), [Path(s) for s in srcs]
     if not srcs:
         raise AsrError("combine: no source data dirs")
-    feats_yaml = _common_feats_yaml([Path(s) for s in srcs])
+    feats_yaml = _common_feats_yaml(srcs)
+    whole = _whole_recording_segments(srcs)
     merged: dict[str, dict[str, str]] = {}
     for name in KNOWN_FILES:
-        if name == "spk2utt" or not all((Path(s) / name).is_file() for s in srcs):
+        if name == "spk2utt" or not all((Path(s) / name).is_file() or (name == "segments" and s in whole)
+                                        for s in srcs):
             continue
         table: dict[str, str] = {}
         for s in srcs:
-            for key, value in read_kv(Path(s) / name).items():
+            rows = whole[s] if name == "segments" and s in whole else read_kv(Path(s) / name)
+            for key, value in rows.items():
                 if key in table and table[key] != value:
                     raise AsrError(f"{s}/{name}: id {key} also in another source with a different value")
                 table[key] = value
@@ -119,6 +124,29 @@ def combine_data_dirs(dst: str | Path, srcs: list[str | Path]) -> Path:
         write_kv(dst / name, table)
     write_kv(dst / "spk2utt", {s: " ".join(u) for s, u in spk2utt_from_utt2spk(merged["utt2spk"]).items()})
     return dst
+
+
+def _whole_recording_segments(srcs: list[Path]) -> dict[Path, dict[str, str]]:
+    """``segments`` rows for the sources that have none, where another source has them (as Kaldi's
+    combine_data.sh does): each utterance is its whole recording, so the merged dir keeps every one."""
+    from asr.audio import audio_duration
+
+    if all((s / "segments").is_file() for s in srcs) or not any((s / "segments").is_file() for s in srcs):
+        return {}
+    out: dict[Path, dict[str, str]] = {}
+    for s in srcs:
+        if (s / "segments").is_file():
+            continue
+        if not (s / "wav.scp").is_file():
+            raise AsrError(f"{s}: no wav.scp, cannot combine it with data dirs that have segments")
+        known = read_kv(s / "utt2dur") if (s / "utt2dur").is_file() else {}
+        rows = {}
+        for utt, value in read_kv(s / "wav.scp").items():
+            dur = float(known[utt]) if utt in known else audio_duration(value)
+            # Rounded up: the reader stops at the recording's end, so the segment is the whole recording.
+            rows[utt] = f"{utt} 0.000 {math.ceil(dur * 1000) / 1000:.3f}"
+        out[s] = rows
+    return out
 
 
 def _common_feats_yaml(srcs: list[Path]) -> str | None:

@@ -113,8 +113,14 @@ NOISE_OPTS ?=
 EXTRA_TRAIN_NAME ?=
 EXTRA_TRAIN_DIRS ?=
 EXTRA_TRAIN_FILES ?=
+# WORD_SPANS=1: word-span sub-utterances (asr subsegment) of TRAIN_SET, cut at the pauses that a
+# first-pass model (this recipe's features, tokens and training config: exp/spans_pass1) finds by
+# forced alignment, one opening at each word; for corpora whose utterances all open (or close) alike.
+# WORD_SPANS_OPTS: more options of asr subsegment (--max-words N). Needs audio.
+WORD_SPANS ?=
+WORD_SPANS_OPTS ?=
 space := $(subst ,, )
-AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))$(if $(EXTRA_TRAIN_NAME),_$(EXTRA_TRAIN_NAME))
+AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))$(if $(EXTRA_TRAIN_NAME),_$(EXTRA_TRAIN_NAME))$(if $(WORD_SPANS),_spans)
 TRAIN_DATA := $(TRAIN_SET)$(AUG_NAME)
 PREP_SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
 SETS := $(sort $(TRAIN_DATA) $(DEV_SET) $(DECODE_SETS))
@@ -180,7 +186,7 @@ data: download
 	$(stage_done)
 
 augment: data
-	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED)$(if $(EXTRA_TRAIN_DIRS), $(extra_train_cmd)),2-data,$(EXTRA_TRAIN_FILES))
+	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED)$(if $(EXTRA_TRAIN_DIRS), $(extra_train_cmd))$(if $(WORD_SPANS), spans $(WORD_SPANS_OPTS) $(UNIT) $(LEXICON) $(VOCAB_SIZE) $(FEATS_OPTS) $(TRAIN_OPTS)),2-data,$(EXTRA_TRAIN_FILES) $(if $(WORD_SPANS),$(wildcard $(FEATS_CONF) $(TRAIN_CONF))))
 	parts=""
 	for f in $(SPEED_PERTURB); do
 	  if [ -f data/$(TRAIN_SET)/wav.scp ]; then
@@ -191,8 +197,23 @@ augment: data
 	  parts="$$parts data/$(TRAIN_SET)_sp$$f"
 	done
 	$(if $(NOISE_SNR),$(ASR) add-noise data/$(TRAIN_SET) data/$(TRAIN_SET)_noise --snr $(NOISE_SNR) --seed $(SEED) --nj $(NJ) $(NOISE_OPTS); parts="$$parts data/$(TRAIN_SET)_noise")$(if $(EXTRA_TRAIN_DIRS),$(if $(NOISE_SNR),;) $(extra_train_cmd); parts="$$parts $(EXTRA_TRAIN_DIRS)")
+	$(if $(WORD_SPANS),$(word_spans_cmd))
 	if [ -n "$$parts" ]; then $(ASR) combine-data-dirs data/$(TRAIN_DATA) data/$(TRAIN_SET) $$parts; fi
 	$(stage_done)
+
+# The first pass of WORD_SPANS: its own features, tokens and model in exp/spans_pass1, trained on
+# TRAIN_SET alone (which stands in for dev: the model only has to align its own training data).
+define word_spans_cmd
+p=exp/spans_pass1$(SFX); rm -rf $$p; mkdir -p $$p
+cp -r data/$(TRAIN_SET) $$p/data
+$(ASR) make-feats $$p/data $(call conf_opt,$(FEATS_CONF)) $(FEATS_OPTS) --nj $(NJ)
+$(ASR) compute-cmvn $$p/data $(CMVN_OPTS)
+$(ASR) make-tokens data/$(TRAIN_SET)/text $$p/lang --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
+$(ASR) train $$p/data $$p/data $$p/lang $$p/exp $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
+$(ASR) align $$p/exp $$p/data -o $$p/align || [ -s $$p/align/ctm ]  # what cannot be aligned is named and left out
+$(ASR) subsegment data/$(TRAIN_SET) $$p/align/ctm data/$(TRAIN_SET)_spans --seed $(SEED) $(WORD_SPANS_OPTS) || [ -s data/$(TRAIN_SET)_spans/segments ]
+parts="$$parts data/$(TRAIN_SET)_spans"
+endef
 
 feats: augment
 	@$(call stage,4,feats,$(SETS:%=data/%),$(SETS:%=data/%/feats.scp) data/$(TRAIN_DATA)/cmvn_global.ark,$(FEATS_OPTS) $(FEATS_CMD),3-augment,$(wildcard $(FEATS_CONF)))
@@ -283,7 +304,7 @@ define run_info
   echo "- command: \`$(strip make -C egs/$(notdir $(RECIPE)) $(filter-out PATH=% STAGE=% STOP_STAGE=% FORCE=%,$(MAKEOVERRIDES)))\`"
   echo "- variant: $(or $(VARIANT),default); seed: $(SEED); unit: $(UNIT); model dir: \`$(EXP)\`; decoders: $(DECODERS); $(if $(LM_ARPA),LM: \`$(notdir $(LM_ARPA))\`,LM order: $(or $(LM_ORDER),none))"
   echo "- configs: feats \`$(notdir $(or $(wildcard $(FEATS_CONF)),built-in))\`, train \`$(notdir $(or $(wildcard $(TRAIN_CONF)),built-in))\` $(TRAIN_OPTS), decode \`$(notdir $(or $(wildcard $(DECODE_CONF)),built-in))\`"
-  echo "- training data: \`data/$(TRAIN_DATA)\` (speed perturbation: $(or $(SPEED_PERTURB),none); noise SNR dB: $(or $(NOISE_SNR),none)); LM weights tuned on \`$(DEV_SET)\`: $(if $(and $(LM),$(TUNE_LM)),yes,no)"
+  echo "- training data: \`data/$(TRAIN_DATA)\` (speed perturbation: $(or $(SPEED_PERTURB),none); noise SNR dB: $(or $(NOISE_SNR),none)$(if $(EXTRA_TRAIN_NAME),; extra: $(EXTRA_TRAIN_NAME))$(if $(WORD_SPANS),; word spans: yes)); LM weights tuned on \`$(DEV_SET)\`: $(if $(and $(LM),$(TUNE_LM)),yes,no)"
   echo "- machine: $$(nproc --all) CPU cores, $$(date '+%F'); code: $$(git -C $(ROOT) rev-parse --short HEAD 2>/dev/null || echo 'uncommitted')"
   echo; echo "| stage | wall time (s) |"; echo "|---|---:|"; total=0
   for s in 1-download 2-data 3-augment 4-feats 5-tokens 6-lm 7-train 8-tune 9-decode 10-score; do

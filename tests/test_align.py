@@ -255,3 +255,35 @@ def test_transcribe_align_times_equal_asr_align(exp, tmp_path, capsys):
     assert starts == sorted(starts)
     assert all(0 <= float(s) and float(s) + float(d) <= sf.info(wavs[utts[0]]).duration + 1e-6
                for _, _, s, d, _, _ in (line.split() for line in lines))
+
+
+def test_word_spans_of_an_alignment_become_training_features(exp, tmp_path):
+    """align -> subsegment -> combine with the whole files -> make-feats: every sub-utterance is the audio
+    between its neighbours' words, and the whole files keep their own features (the yesno recipe's stage 3)."""
+    exp_dir, data = exp
+    assert main(["align", str(exp_dir), str(data), "-o", str(tmp_path / "ali")]) == 0
+    assert main(["subsegment", str(data), str(tmp_path / "ali" / "ctm"), str(tmp_path / "spans"), "--seed", "1"]) == 0
+    src = tmp_path / "src"
+    shutil.copytree(data, src)
+    for name in ("feats.scp", "utt2num_frames", "feats.yaml"):
+        (src / name).unlink(missing_ok=True)
+    assert main(["combine-data-dirs", str(tmp_path / "all"), str(src), str(tmp_path / "spans")]) == 0
+    assert main(["make-feats", str(tmp_path / "all"), "--set", "sample_rate=8000", "--set", "num_mel_bins=23"]) == 0
+    frames = {u: int(n) for u, n in read_kv(tmp_path / "all" / "utt2num_frames").items()}
+    texts, words = read_kv(data / "text"), ctm_by_utt(tmp_path / "ali" / "ctm")
+    segments = read_kv(tmp_path / "all" / "segments")
+    assert len(frames) == len(texts) * 8  # each 8-word file and its 7 spans
+    for utt, n in read_kv(data / "utt2num_frames").items():
+        assert frames[utt] == int(n)
+    for sub, text in read_kv(tmp_path / "all" / "text").items():
+        if sub in texts:
+            continue
+        utt, first, end = sub.rsplit("-", 2)
+        i, j = int(first[1:]), int(end)
+        assert text.split() == texts[utt].split()[i:j]
+        reco, start, stop = segments[sub].split()
+        assert reco == utt and float(start) == words[utt][i - 1][1]
+        audio = sf.info(read_kv(data / "wav.scp")[utt])
+        assert float(stop) == (words[utt][j][0] if j < 8 else pytest.approx(audio.duration, abs=1e-3))
+        samples = min(round(float(stop) * 8000), audio.frames) - round(float(start) * 8000)
+        assert frames[sub] == 1 + (samples - 200) // 80  # Kaldi framing (snip_edges) of exactly that audio

@@ -335,17 +335,19 @@ def _snapshot(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
-# Every optional stage and training option on: speed perturbation and a noisy copy (stage 3), VTLP,
-# SpecAugment, the conv front-end, LR warm-up, and the LM weights tuned on dev (stage 8).
+# Every optional stage and training option on: speed perturbation, a noisy copy and word-span
+# sub-utterances from a first-pass alignment (stage 3), VTLP, SpecAugment, the conv front-end, LR
+# warm-up, and the LM weights tuned on dev (stage 8).
 ALL_ON = [
     "SPEED_PERTURB=1.1",
+    "WORD_SPANS=1",
     "NOISE_SNR=10 20",
     "NOISE_OPTS=--noise pink",
     "TRAIN_OPTS=--set vtlp.enabled=true --set specaug=true --set specaug_opts.freq_width=5 "
     "--set model.frontend=conv2d --set model.frontend_subsample=1 --set schedule.warmup_steps=2",
     "DECODERS=greedy beam wfst",
 ]
-TRAIN_DATA = "train_sp1.1_noise10_20"
+TRAIN_DATA = "train_sp1.1_noise10_20_spans"
 
 
 def test_demo_smoke_stage_by_stage(tmp_path):
@@ -359,7 +361,8 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     stages = {
         1: ["corpus/prompts.tsv"],
         2: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("wav.scp", "text", "utt2spk", "spk2utt")],
-        3: [f"data/{TRAIN_DATA}/utt2spk", "data/train_sp1.1/wav.scp", "data/train_noise/utt2snr"],
+        3: [f"data/{TRAIN_DATA}/utt2spk", "data/train_sp1.1/wav.scp", "data/train_noise/utt2snr",
+            "exp/spans_pass1/align/ctm", "data/train_spans/segments", f"data/{TRAIN_DATA}/segments"],
         4: [f"data/{s}/{f}" for s in (TRAIN_DATA, "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
         + [f"data/{TRAIN_DATA}/cmvn_global.ark"],
         5: ["data/lang/tokens.txt"],
@@ -386,13 +389,15 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     assert len(hyp) == len(DataDir.load(work / "data" / "test").utts)
     results = (work / "RESULTS.md").read_text()
     assert "decode_test_greedy" in results and "seed: 1" in results
-    assert f"training data: `data/{TRAIN_DATA}` (speed perturbation: 1.1; noise SNR dB: 10 20)" in results
-    # Training read the original, the perturbed and the noisy copy, with the options it was given.
+    assert f"training data: `data/{TRAIN_DATA}` (speed perturbation: 1.1; noise SNR dB: 10 20; word spans: yes)" in results
+    # Training read the original, the perturbed and the noisy copy and the word spans, with the options it was given.
     n_train = len(DataDir.load(work / "data" / "train").utts)
-    assert len(DataDir.load(work / "data" / TRAIN_DATA).utts) == 3 * n_train
+    n_spans = len(DataDir.load(work / "data" / "train_spans").utts)
+    assert n_spans > 0
+    assert len(DataDir.load(work / "data" / TRAIN_DATA).utts) == 3 * n_train + n_spans
     config = yaml.safe_load((exp / "config.yaml").read_text())
     assert config["vtlp"]["enabled"] and config["specaug"] and config["model"]["frontend"] == "conv2d"
-    assert f"{3 * n_train} train" in (exp / "train.log").read_text()
+    assert f"{3 * n_train + n_spans} train" in (exp / "train.log").read_text()
 
     before = _snapshot(work)
     proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON)
