@@ -63,11 +63,12 @@ def test_fsdd_synth_recipe_wiring():
 
     assert var("SPLIT=spk", "SYNTH=3") == "train_spk_synth3"
     assert var("SPLIT=spk", "SYNTH=3", "NOISE_SNR=10") == "train_spk_noise10_synth3"
-    # On by default where a speaker is held out, off for the official split; SYNTH= turns it off.
+    # On by default for every split; SYNTH= turns it off.
     assert var("SPLIT=spk") == "train_spk_synth3"
     assert var("SPLIT=loso1", "TEST_SPEAKERS=george") == "train_loso_george_synth3"
+    assert var() == "train_synth3"
     assert var("SPLIT=spk", "SYNTH=") == "train_spk"
-    assert var() == "train"
+    assert var("SYNTH=") == "train"
     dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "fsdd"), "SPLIT=spk", "SYNTH=3", "augment"],
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
