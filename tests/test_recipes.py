@@ -389,8 +389,9 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     assert len(hyp) == len(DataDir.load(work / "data" / "test").utts)
     results = (work / "RESULTS.md").read_text()
     assert "decode_test_greedy" in results and "seed: 1" in results
-    assert f"training data: `data/{TRAIN_DATA}` (speed perturbation: 1.1; noise SNR dB: 10 20; word spans: yes)" in results
-    # Training read the original, the perturbed and the noisy copy and the word spans, with the options it was given.
+    assert (f"training data: `data/{TRAIN_DATA}` (speed perturbation: 1.1; noise SNR dB: 10 20; word spans: yes)"
+            in results)
+    # Training read the original, the perturbed and the noisy copy and the word spans, with its options.
     n_train = len(DataDir.load(work / "data" / "train").utts)
     n_spans = len(DataDir.load(work / "data" / "train_spans").utts)
     assert n_spans > 0
