@@ -23,7 +23,7 @@ import logging
 import random
 from pathlib import Path
 
-from asr.datadir import DataDir, Segment, write_data_dir
+from asr.datadir import KNOWN_FILES, DataDir, Segment, write_data_dir
 from asr.errors import AsrError
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ def subsegment_data_dir(src: str | Path, ctm: str | Path, dst: str | Path, max_w
     if not segments:
         raise AsrError(f"{src}: no sub-utterances made ({skipped} utterance(s) skipped, see warnings)")
     recos = {s.reco for s in segments.values()}
+    for name in (*KNOWN_FILES, "feats.yaml"):  # an earlier run's features would describe other utterances
+        Path(dst, name).unlink(missing_ok=True)
     write_data_dir(dst, wav_scp={r: v for r, v in data.wav_scp.items() if r in recos}, text=text,
                    utt2spk=utt2spk, segments=segments)
     return len(segments), skipped

@@ -211,8 +211,9 @@ $(ASR) compute-cmvn $$p/data $(CMVN_OPTS)
 $(ASR) make-tokens data/$(TRAIN_SET)/text $$p/lang --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
 $(ASR) train $$p/data $$p/data $$p/lang $$p/exp $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
 $(ASR) align $$p/exp $$p/data -o $$p/align || [ -s $$p/align/ctm ]  # what cannot be aligned is named and left out
-$(ASR) subsegment data/$(TRAIN_SET) $$p/align/ctm data/$(TRAIN_SET)_spans --seed $(SEED) $(WORD_SPANS_OPTS) || [ -s data/$(TRAIN_SET)_spans/segments ]
-parts="$$parts data/$(TRAIN_SET)_spans"
+rm -rf data/$(TRAIN_SET)_wordspans
+$(ASR) subsegment data/$(TRAIN_SET) $$p/align/ctm data/$(TRAIN_SET)_wordspans --seed $(SEED) $(WORD_SPANS_OPTS) || [ -s data/$(TRAIN_SET)_wordspans/segments ]
+parts="$$parts data/$(TRAIN_SET)_wordspans"
 endef
 
 feats: augment

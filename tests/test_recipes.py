@@ -317,6 +317,24 @@ def _missing_commands_graph() -> bool:
     return any(importlib.util.find_spec(m) is None for m in ("kaldifst", "kaldilm"))
 
 
+@pytest.mark.slow
+def test_yesno_word_spans_hear_the_opening_yes(tmp_path):
+    """The yesno recipe end to end on the real corpus (~2 min): every training file opens with NO, and
+    with the word-span sub-utterances of stage 3 the model still writes every test file's opening YES."""
+    corpus = shared("yesno/waves_yesno")
+    proc = make(tmp_path, "yesno", f"CORPUS_DIR={corpus}", "NJ=1", "score", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    spans = DataDir.load(tmp_path / "data" / "train_wordspans")
+    assert len(spans.utts) == 31 * 7 and spans.segments is not None
+    opening = [u for u, t in spans.text.items() if t.startswith("YES")]
+    assert len(opening) > 31  # the files never open with YES; their spans do
+    hyp = dict(line.split(" ", 1) for line in
+               (tmp_path / "exp" / "char_train" / "decode_test_greedy" / "text").read_text().splitlines())
+    ref = dict(line.split(" ", 1) for line in (tmp_path / "data" / "test" / "text").read_text().splitlines())
+    assert all(ref[u].startswith("YES") for u in ref)
+    assert hyp == ref, (tmp_path / "exp" / "char_train" / "decode_test_greedy" / "wer").read_text()
+
+
 def make(workdir: Path, recipe: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
@@ -362,7 +380,7 @@ def test_demo_smoke_stage_by_stage(tmp_path):
         1: ["corpus/prompts.tsv"],
         2: [f"data/{s}/{f}" for s in ("train", "dev", "test") for f in ("wav.scp", "text", "utt2spk", "spk2utt")],
         3: [f"data/{TRAIN_DATA}/utt2spk", "data/train_sp1.1/wav.scp", "data/train_noise/utt2snr",
-            "exp/spans_pass1/align/ctm", "data/train_spans/segments", f"data/{TRAIN_DATA}/segments"],
+            "exp/spans_pass1/align/ctm", "data/train_wordspans/segments", f"data/{TRAIN_DATA}/segments"],
         4: [f"data/{s}/{f}" for s in (TRAIN_DATA, "dev", "test") for f in ("feats.scp", "utt2num_frames", "feats.yaml")]
         + [f"data/{TRAIN_DATA}/cmvn_global.ark"],
         5: ["data/lang/tokens.txt"],
@@ -393,7 +411,7 @@ def test_demo_smoke_stage_by_stage(tmp_path):
             in results)
     # Training read the original, the perturbed and the noisy copy and the word spans, with its options.
     n_train = len(DataDir.load(work / "data" / "train").utts)
-    n_spans = len(DataDir.load(work / "data" / "train_spans").utts)
+    n_spans = len(DataDir.load(work / "data" / "train_wordspans").utts)
     assert n_spans > 0
     assert len(DataDir.load(work / "data" / TRAIN_DATA).utts) == 3 * n_train + n_spans
     config = yaml.safe_load((exp / "config.yaml").read_text())

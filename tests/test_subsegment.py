@@ -87,7 +87,10 @@ def test_offsets_add_to_the_source_segments(shared_data, tmp_path):
                    utt2spk={"u1": "global"}, segments={"u1": Segment(reco, 1.0, 3.0)})
     # Word 1 runs from word 0's end (0.4) to word 2's start (1.4), word 2 from 1.0 to the segment's end (2.0); + 1.0.
     (tmp_path / "ctm").write_text("u1 1 0.2 0.2 NO\nu1 1 0.8 0.2 NO\nu1 1 1.4 0.3 YES\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "feats.scp").write_text("stale x.ark:1\n")  # an earlier run's, of other utterances
     subsegment_data_dir(tmp_path / "seg", tmp_path / "ctm", tmp_path / "out", max_words=1)
+    assert not (tmp_path / "out" / "feats.scp").exists()
     out = DataDir.load(tmp_path / "out")
     assert {u: (s.reco, s.start, s.end) for u, s in out.segments.items()} == {
         "u1-w001-002": (reco, 1.4, 2.4), "u1-w002-003": (reco, 2.0, 3.0)}
