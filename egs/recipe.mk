@@ -116,9 +116,11 @@ EXTRA_TRAIN_FILES ?=
 # WORD_SPANS=1: word-span sub-utterances (asr subsegment) of TRAIN_SET, cut at the pauses that a
 # first-pass model (this recipe's features, tokens and training config: exp/spans_pass1) finds by
 # forced alignment, one opening at each word; for corpora whose utterances all open (or close) alike.
-# WORD_SPANS_OPTS: more options of asr subsegment (--max-words N). Needs audio.
+# WORD_SPANS_OPTS: more options of asr subsegment (--max-words N). Needs audio. WORD_SPANS_SEED, not
+# SEED, seeds the first pass and the spans: runs with another SEED share data/<train>_wordspans.
 WORD_SPANS ?=
 WORD_SPANS_OPTS ?=
+WORD_SPANS_SEED ?= 1
 space := $(subst ,, )
 AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))$(if $(EXTRA_TRAIN_NAME),_$(EXTRA_TRAIN_NAME))$(if $(WORD_SPANS),_spans)
 TRAIN_DATA := $(TRAIN_SET)$(AUG_NAME)
@@ -186,7 +188,7 @@ data: download
 	$(stage_done)
 
 augment: data
-	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED)$(if $(EXTRA_TRAIN_DIRS), $(extra_train_cmd))$(if $(WORD_SPANS), spans $(WORD_SPANS_OPTS) $(UNIT) $(LEXICON) $(VOCAB_SIZE) $(FEATS_OPTS) $(TRAIN_OPTS)),2-data,$(EXTRA_TRAIN_FILES) $(if $(WORD_SPANS),$(wildcard $(FEATS_CONF) $(TRAIN_CONF))))
+	@$(call stage,3,augment,data/$(TRAIN_SET),data/$(TRAIN_DATA)/utt2spk,$(SPEED_PERTURB) $(NOISE_SNR) $(NOISE_OPTS) $(SEED)$(if $(EXTRA_TRAIN_DIRS), $(extra_train_cmd))$(if $(WORD_SPANS), spans $(WORD_SPANS_SEED) $(WORD_SPANS_OPTS) $(UNIT) $(LEXICON) $(VOCAB_SIZE) $(FEATS_OPTS) $(TRAIN_OPTS)),2-data,$(EXTRA_TRAIN_FILES) $(if $(WORD_SPANS),$(wildcard $(FEATS_CONF) $(TRAIN_CONF))))
 	parts=""
 	for f in $(SPEED_PERTURB); do
 	  if [ -f data/$(TRAIN_SET)/wav.scp ]; then
@@ -209,10 +211,10 @@ cp -r data/$(TRAIN_SET) $$p/data
 $(ASR) make-feats $$p/data $(call conf_opt,$(FEATS_CONF)) $(FEATS_OPTS) --nj $(NJ)
 $(ASR) compute-cmvn $$p/data $(CMVN_OPTS)
 $(ASR) make-tokens data/$(TRAIN_SET)/text $$p/lang --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
-$(ASR) train $$p/data $$p/data $$p/lang $$p/exp $(call conf_opt,$(TRAIN_CONF)) --set seed=$(SEED) $(TRAIN_OPTS)
+$(ASR) train $$p/data $$p/data $$p/lang $$p/exp $(call conf_opt,$(TRAIN_CONF)) --set seed=$(WORD_SPANS_SEED) $(TRAIN_OPTS)
 $(ASR) align $$p/exp $$p/data -o $$p/align || [ -s $$p/align/ctm ]  # what cannot be aligned is named and left out
 rm -rf data/$(TRAIN_SET)_wordspans
-$(ASR) subsegment data/$(TRAIN_SET) $$p/align/ctm data/$(TRAIN_SET)_wordspans --seed $(SEED) $(WORD_SPANS_OPTS) || [ -s data/$(TRAIN_SET)_wordspans/segments ]
+$(ASR) subsegment data/$(TRAIN_SET) $$p/align/ctm data/$(TRAIN_SET)_wordspans --seed $(WORD_SPANS_SEED) $(WORD_SPANS_OPTS) || [ -s data/$(TRAIN_SET)_wordspans/segments ]
 parts="$$parts data/$(TRAIN_SET)_wordspans"
 endef
 
