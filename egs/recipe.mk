@@ -103,7 +103,8 @@ LOGS := exp/log
 EXP := exp/$(TAG)
 # Training-set augmentation (stage 3), Kaldi's 3-way speed perturbation and additive noise: copies of
 # TRAIN_SET (audio: perturb-speed / add-noise; features only: perturb-feats-speed) combined with it
-# into TRAIN_DATA, which training reads. Tokens and the LM still come from TRAIN_SET's text.
+# into TRAIN_DATA, which training reads. Tokens and the LM still come from TRAIN_SET's text (tokens
+# from TOKENS_SET's: a recipe whose extra data brings units TRAIN_SET lacks sets it to $(TRAIN_DATA)).
 SPEED_PERTURB ?=
 NOISE_SNR ?=
 NOISE_OPTS ?=
@@ -124,6 +125,8 @@ WORD_SPANS_SEED ?= 1
 space := $(subst ,, )
 AUG_NAME := $(if $(SPEED_PERTURB),_sp$(subst $(space),_,$(strip $(SPEED_PERTURB))))$(if $(NOISE_SNR),_noise$(subst $(space),_,$(strip $(NOISE_SNR))))$(if $(EXTRA_TRAIN_NAME),_$(EXTRA_TRAIN_NAME))$(if $(WORD_SPANS),_spans)
 TRAIN_DATA := $(TRAIN_SET)$(AUG_NAME)
+TOKENS_SET ?= $(TRAIN_SET)
+TOKENS_AFTER := $(if $(filter $(TOKENS_SET),$(TRAIN_SET)),data,augment)
 PREP_SETS := $(sort $(TRAIN_SET) $(DEV_SET) $(DECODE_SETS))
 SETS := $(sort $(TRAIN_DATA) $(DEV_SET) $(DECODE_SETS))
 # DECODERS may name wfst: stage 6 then also builds a TLG graph (asr make-graph) from LANG_DIR and the
@@ -224,9 +227,9 @@ feats: augment
 	for s in $(SETS); do $(ASR) compute-cmvn data/$$s $(CMVN_OPTS); done
 	$(stage_done)
 
-tokens: data
-	@$(call stage,5,tokens,data/$(TRAIN_SET)/text,$(LANG_DIR)/tokens.txt,$(UNIT) $(LEXICON) $(VOCAB_SIZE),2-data,$(LEXICON))
-	$(ASR) make-tokens data/$(TRAIN_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
+tokens: $(TOKENS_AFTER)
+	@$(call stage,5,tokens,data/$(TOKENS_SET)/text,$(LANG_DIR)/tokens.txt,$(if $(filter data,$(TOKENS_AFTER)),,$(TOKENS_SET) )$(UNIT) $(LEXICON) $(VOCAB_SIZE),$(if $(filter data,$(TOKENS_AFTER)),2-data,3-augment),$(LEXICON))
+	$(ASR) make-tokens data/$(TOKENS_SET)/text $(LANG_DIR) --unit $(UNIT) $(if $(LEXICON),--lexicon $(LEXICON)) $(if $(VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
 	$(stage_done)
 
 lm: data $(if $(WFST),tokens)
