@@ -25,6 +25,8 @@ from pathlib import Path
 from asr.atomic import write_text
 from asr.errors import AsrError, run_script
 
+ROW_NAME = r"[A-Za-z0-9_.+]+"
+
 
 def read_rows(path: Path) -> list[tuple[str, str, list[str]]]:
     rows = []
@@ -32,7 +34,7 @@ def read_rows(path: Path) -> list[tuple[str, str, list[str]]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t")
-        if len(parts) not in (2, 3) or not re.fullmatch(r"[A-Za-z0-9_.+]+", parts[0]):
+        if len(parts) not in (2, 3) or not re.fullmatch(ROW_NAME, parts[0]):
             raise AsrError(f"{path}:{n}: expected 'name<TAB>description<TAB>make args', name in [A-Za-z0-9_.+]")
         rows.append((parts[0], parts[1], shlex.split(parts[2]) if len(parts) == 3 else []))
     if not rows:
@@ -65,7 +67,7 @@ def seconds(recipe: Path, variant: str, stages: list[str]) -> int:
 
 def old_lines(text: str) -> dict[str, str]:
     """Row name -> its line in an existing ablation table."""
-    return {m.group(1): m.group(0) for m in re.finditer(r"^\| ([A-Za-z0-9_.+]+) \|.*$", text, flags=re.M)
+    return {m.group(1): m.group(0) for m in re.finditer(rf"^\| ({ROW_NAME}) \|.*$", text, flags=re.M)
             if m.group(1) != "row"}
 
 
