@@ -19,18 +19,19 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from asr import cmvn as cmvn_mod
 from asr.audio import AudioSource, load_wav_scp_entry
 from asr.config import load as load_config
 from asr.datadir import read_kv
 from asr.decoders import DecodeConfig, Hypothesis, make_decoder
 from asr.errors import AsrError
-from asr.features import compute_features
+from asr.features import FeaturePipeline, compute_features
 from asr.word_times import Word, words_with_times
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,9 @@ class Transcriber:
         self.cfg = self.md.feature_config
         if self.cfg.kind == "precomputed":
             raise AsrError(f"{model_dir}: trained on precomputed features; it cannot transcribe audio")
-        if self.cfg.cmvn in ("utterance", "speaker"):
-            # A file carries no speaker: a per-speaker model normalises it with its own stats instead.
-            log.info("%s normalises each file (long files: each chunk) with its own CMVN stats", model_dir)
+        # A file carries no speaker: a per-speaker model normalises each file (long files: each chunk)
+        # with its own stats, unless use_speaker_stats() pools stats over files known to share a speaker.
+        self.pipeline = self.md.pipeline
         self.decode_config = decode or DecodeConfig(decoder="greedy")
         self.decoder = make_decoder(self.md.tokens.symbols, self.decode_config)
         self.rate = self.cfg.sample_rate
@@ -91,6 +92,7 @@ class Transcriber:
         # Word times from a forced alignment of the hypothesis to its own posteriors (asr.align)
         # instead of the run of frames around each token's spike.
         self.align = align
+        self._vocab = None  # see _known
         self.segment_frames = max(1, round(segment_seconds * self.rate / self.hop))
         # chunk + context on both sides + the one second either way that _border may move the end
         self.window = self.chunk + 2 * self.context + 2 * (self.rate // self.hop) * self.hop
@@ -106,7 +108,7 @@ class Transcriber:
     @torch.no_grad()  # an exported engine would otherwise keep every chunk's autograd graph
     def _log_probs(self, wave: torch.Tensor) -> torch.Tensor:
         """Audio ``(T,)`` -> log-probs ``(N', V)`` of the whole piece."""
-        feats = self.md.pipeline(compute_features(wave, self.cfg))
+        feats = self.pipeline(compute_features(wave, self.cfg))
         if self.exported is not None:
             lp, _ = self.exported(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
             return lp[0].float()
@@ -153,6 +155,29 @@ class Transcriber:
         return a + int(torch.argmin(energy[1:])) * self.hop + self.hop
 
     # ------------------------------------------------------------------ public API
+    def use_speaker_stats(self, audios: list[AudioSource]) -> int:
+        """Treat ``audios`` as one speaker: a ``cmvn: speaker`` model normalises every later input with CMVN
+        stats pooled over all of them, as ``asr decode`` does with a data dir's utt2spk (Kaldi's
+        ``apply-cmvn --utt2spk``). Short files are what this is for: one digit's own stats (0.3 s, half
+        silence) are far from its speaker's. Returns the number of frames pooled."""
+        if self.cfg.cmvn != "speaker":
+            raise AsrError(f"{self.md.path} normalises with cmvn: {self.cfg.cmvn}; only a cmvn: speaker model "
+                           "takes one speaker's pooled stats")
+        stats = None
+        step = self.chunk + self.context  # pieces as long as a chunk's window: memory stays flat
+        for audio in audios:
+            try:
+                for a in range(0, audio.num_samples, step):
+                    piece = audio.read(a, min(audio.num_samples, a + step))
+                    if piece.numel() >= self.cfg.window_samples:
+                        stats = cmvn_mod.accumulate(compute_features(piece, self.cfg), stats)
+            except AsrError as e:  # its transcription will say so too; the others still count
+                log.warning("%s; left out of the speaker's CMVN stats", e)
+        if stats is None:
+            raise AsrError("no input is long enough to give CMVN stats")
+        self.pipeline = FeaturePipeline(replace(self.cfg, cmvn="global"), stats)
+        return int(stats[0, -1])
+
     def transcribe(self, audio: AudioSource) -> Transcript:
         """One recording -> its transcript with word times and confidences.
 
@@ -194,7 +219,21 @@ class Transcriber:
                          round(w.score, 4)) for w in aligned]
         return words_with_times(hyp, lp, self.md.tokens.symbols, self.decode_config.word_boundary, frame_s,
                                 max(1, round(self.word_gap / frame_s)), offset, lexicon=self.md.tokens.lexicon,
-                                words_given=self.decode_config.decoder == "wfst")
+                                words_given=self.decode_config.decoder == "wfst", known=self._known)
+
+    def _known(self, word: str) -> bool:
+        """Is ``word`` in the vocabulary: the decoder's LM, else the model dir's tuned LM (read on first use)."""
+        if self._vocab is None:
+            scorer = getattr(self.decoder, "scorer", None)
+            self._vocab = getattr(scorer, "lm", None)
+            if self._vocab is None:
+                from asr.lm.backends import load_lm
+                from asr.lm_tuned import read_tuned
+
+                info = read_tuned(self.md.path)
+                lm = Path(info["lm"]) if info else None
+                self._vocab = load_lm(lm) if lm is not None and lm.is_file() else frozenset()
+        return word in self._vocab
 
     def transcribe_file(self, path: str | os.PathLike) -> Transcript:
         return self.transcribe(AudioSource.open(str(path), self.rate))
@@ -306,7 +345,15 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         align=args.align, device=args.device if engine == "eager" else "cpu",
     )
     done, failed = [], 0
-    for key, source in expand_inputs(args.files, tr.rate):
+    inputs = expand_inputs(args.files, tr.rate)
+    if args.one_speaker:
+        # Two passes: pool the stats over every readable input, then transcribe them.
+        inputs = list(inputs)
+        frames = tr.use_speaker_stats([s for _, s in inputs if not isinstance(s, AsrError)])
+        log.info("--one-speaker: CMVN stats pooled over %d frames of %d input(s)", frames, len(inputs))
+    elif tr.cfg.cmvn == "speaker":
+        log.info("%s normalises per speaker; each file gets its own stats (--one-speaker pools them)", args.model_dir)
+    for key, source in inputs:
         if isinstance(source, AsrError):
             print(f"asr transcribe: {source}", file=sys.stderr)
             failed += 1
@@ -350,4 +397,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--align", action="store_true",
                    help="word times from a forced alignment of the hypothesis (as 'asr align') instead of its spikes")
+    p.add_argument("--one-speaker", action="store_true",
+                   help="the inputs share one speaker: a cmvn: speaker model normalises them with stats pooled "
+                        "over all of them (as 'asr decode' with a data dir's utt2spk) instead of each file's own")
     p.set_defaults(func=_cmd_transcribe)

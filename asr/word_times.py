@@ -8,6 +8,7 @@ Used by ``asr transcribe`` (JSON, CTM, SRT); forced alignment against a known te
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,7 @@ def token_frames(hyp: Hypothesis, lp: torch.Tensor) -> list[tuple[int, int]]:
 
 def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boundary: str, frame_s: float,
                      max_gap: int, offset: int = 0, *, lexicon: dict[str, list[str]] | None = None,
-                     words_given: bool = False) -> list[Word]:
+                     words_given: bool = False, known: Callable[[str], bool] | None = None) -> list[Word]:
     """Words of ``hyp`` with times in seconds, from posteriors ``lp (T, V)`` of ``frame_s`` s frames.
 
     Output frame ``t`` covers ``[t, t + 1) * frame_s`` seconds (``frame_s = hop / rate``: frame
@@ -64,7 +65,9 @@ def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boun
     that neither start nor end with a word boundary, so in a long recording nothing else marks the
     border between the last word of one utterance and the first of the next. Sentencepiece pieces
     mark every word's start with ``▁``, the first one's too, so for them a piece starting with ``▁``
-    begins a word and pauses split nothing: the words are exactly ``hyp.words``.
+    begins a word and pauses split nothing: the words are exactly ``hyp.words``. ``known`` (the
+    decoder's vocabulary: is this a word of its LM?) undoes a pause's split where the two halves
+    joined are a known word and not both halves are, so a slowly spoken word stays whole.
 
     Where the tokens do not spell ``hyp.words`` (a phone table; ``words_given``, the wfst decoder,
     whose words are the graph's output labels; or any other mismatch), the words are ``hyp.words``
@@ -81,32 +84,46 @@ def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boun
     if phones or words_given or (hyp.words and hyp.words != spelled):
         return _given_words_with_times(hyp, lp, symbols, bid, frame_s, offset, spelled,
                                        lexicon if phones else None, phones)
-    words: list[Word] = []
-    cur: list[tuple[int, int, int]] = []  # (token, first frame, last frame)
-    conf: list[float] = []
+    # Groups of (token, first frame, last frame, confidence), each flagged when a pause (not a boundary
+    # token) started it.
+    groups: list[tuple[list[tuple[int, int, int, float]], bool]] = []
+    cur: list[tuple[int, int, int, float]] = []
+    after_pause = False
     probs = lp.exp()
-
-    def flush() -> None:
-        text = "".join(symbols[tok] for tok, _, _ in cur)
-        if starts is not None:
-            text = text.replace(WORD_START, "")
-        if text:  # a bare "▁" piece followed by another word start spells no word
-            start, end = (cur[0][1] + offset) * frame_s, (cur[-1][2] + 1 + offset) * frame_s
-            words.append(Word(text, round(start, 3), round(end, 3), round(float(np.mean(conf)), 4)))
-        cur.clear()
-        conf.clear()
-
     for tok, t, (first, last) in zip(hyp.tokens, hyp.timesteps, token_frames(hyp, lp), strict=True):
         if starts is not None:
             if starts[tok]:
-                flush()
+                groups.append((cur, after_pause))
+                cur, after_pause = [], False
         elif symbols[tok] == boundary or (cur and first - cur[-1][2] > max_gap):
-            flush()
+            groups.append((cur, after_pause))
+            cur, after_pause = [], symbols[tok] != boundary
             if symbols[tok] == boundary:
                 continue
-        conf.append(float(probs[t, tok]))
-        cur.append((tok, first, last))
-    flush()
+        cur.append((tok, first, last, float(probs[t, tok])))
+    groups.append((cur, after_pause))
+
+    def spell(g: list[tuple[int, int, int, float]]) -> str:
+        text = "".join(symbols[tok] for tok, _, _, _ in g)
+        return text.replace(WORD_START, "") if starts is not None else text
+
+    merged: list[list[tuple[int, int, int, float]]] = []
+    for g, paused in groups:
+        if not spell(g):  # a bare "▁" piece followed by another word start spells no word
+            continue
+        # A long vowel or a stop's closure inside one word (FSDD's "six": S I, 0.4 s, X) is a pause too:
+        # where the decoder's vocabulary knows the joined word and not both halves, it stays one word.
+        if paused and merged and known is not None:
+            left, right = spell(merged[-1]), spell(g)
+            if known(left + right) and not (known(left) and known(right)):
+                merged[-1] = merged[-1] + g
+                continue
+        merged.append(g)
+    words: list[Word] = []
+    for g in merged:
+        start, end = (g[0][1] + offset) * frame_s, (g[-1][2] + 1 + offset) * frame_s
+        conf = float(np.mean([c for _, _, _, c in g]))
+        words.append(Word(spell(g), round(start, 3), round(end, 3), round(conf, 4)))
     return words
 
 

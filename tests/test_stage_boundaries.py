@@ -17,11 +17,12 @@ import torch
 from conftest import ROOT, SHARED_DATA
 from trainutil import fsdd_dir, lang_dir
 
-from asr.audio import read_audio
+from asr.audio import AudioSource, read_audio
 from asr.checkpoint import choose_epochs
 from asr.cli import main
 from asr.cmvn import Cmvn, apply_cmvn, utterance_cmvn
 from asr.config import apply_overrides, from_dict, read_yaml
+from asr.datadir import read_kv
 from asr.dataset import FeatsDataset
 from asr.decode import decode_dir, log_probs_of
 from asr.decoders import DecodeConfig
@@ -29,6 +30,7 @@ from asr.errors import AsrError
 from asr.features import FeatureConfig, FeaturePipeline, compute_features, stack_frames
 from asr.modeldir import ModelDir
 from asr.train import TrainConfig, train
+from asr.transcribe import Transcriber
 
 TINY = ["model.num_layers=1", "model.hidden=16", "frames_per_batch=400", "seed=3", "schedule.name=none"]
 
@@ -90,6 +92,37 @@ def test_speaker_cmvn_transcribe_of_a_loose_file_uses_the_utterances_own_stats(s
     wave = read_audio(str(SHARED_DATA / "fsdd" / "recordings" / "4_yweweler_9.wav"), 8000)
     raw = compute_features(wave, md.feature_config)
     assert torch.equal(md.features(wave), stack_frames(utterance_cmvn(raw), 2, 2))
+
+
+def test_one_speaker_transcribe_matches_decode_with_that_speakers_stats(speaker_model, tmp_path, capsys) -> None:
+    exp, _, _ = speaker_model
+    one = fsdd_dir(SHARED_DATA, tmp_path / "theo", ["theo"], [7], digits=[1, 2, 3], cmvn="speaker", stack=2,
+                   subsample=2)
+    names, lp, lens, _ = next(log_probs_of(ModelDir.load(exp), one, None, batch_size=100))
+    wavs = read_kv(one / "wav.scp")
+    sources = [AudioSource.open(wavs[u], 8000) for u in names]
+    tr = Transcriber(exp, progress=False)
+    alone = tr.posteriors(sources[0])  # no speaker known: the file's own stats
+    assert tr.use_speaker_stats(sources) == int(Cmvn.load(one, per_speaker=True).speaker_stats["theo"][0, -1])
+    for i, src in enumerate(sources):
+        torch.testing.assert_close(tr.posteriors(src), lp[i, : lens[i]])
+    assert not torch.allclose(alone, lp[0, : lens[0]], atol=1e-3)
+    # The command line: the same words as 'asr decode' of the data dir.
+    assert main(["decode", str(exp), str(one), "--decoder", "greedy", "-o", str(tmp_path / "dec")]) == 0
+    out = tmp_path / "tr.txt"
+    assert main(["transcribe", str(exp), str(one / "wav.scp"), "--one-speaker", "--decoder", "greedy",
+                 "-o", str(out)]) == 0
+    assert sorted(out.read_text().splitlines()) == sorted((tmp_path / "dec" / "text").read_text().splitlines())
+
+
+def test_one_speaker_with_a_global_cmvn_model_is_one_clear_error(tmp_path, capsys) -> None:
+    if not (SHARED_DATA / "fsdd").is_dir():
+        pytest.skip(f"FSDD not found under {SHARED_DATA}")
+    data = fsdd_dir(SHARED_DATA, tmp_path / "d", ["theo"], [7], digits=[1, 2])
+    train(data, data, lang_dir(data, tmp_path / "lang"), tmp_path / "exp", _cfg("max_epochs=1", "average=last"))
+    assert main(["transcribe", str(tmp_path / "exp"), str(data / "wav.scp"), "--one-speaker"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cmvn: global" in err and "cmvn: speaker" in err, err
 
 
 def test_decoding_never_reads_the_reference(speaker_model, tmp_path) -> None:

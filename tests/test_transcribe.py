@@ -14,7 +14,7 @@ import torch
 from trainutil import lang_dir, yesno_dir
 
 from asr.cli import main
-from asr.decoders import Hypothesis
+from asr.decoders import DecodeConfig, Hypothesis
 from asr.export import export
 from asr.models import ModelConfig
 from asr.schedule import ScheduleConfig
@@ -199,20 +199,25 @@ def silence(path: Path, seconds: float) -> Path:
     return path
 
 
+def yes_no_lm(path: Path) -> Path:
+    """A bigram LM of the words YES and NO, with tab-separated fields: KenLM, used when installed,
+    refuses anything less."""
+    grams1 = ["-0.5\t</s>", "-99\t<s>\t0", "-0.5\tNO\t0", "-0.5\tYES\t0", "-2\t<unk>"]
+    grams2 = ["-0.3\t<s> NO", "-0.3\t<s> YES"]
+    path.write_text(
+        "\\data\\\nngram 1=5\nngram 2=2\n\n\\1-grams:\n" + "\n".join(grams1)
+        + "\n\n\\2-grams:\n" + "\n".join(grams2) + "\n\n\\end\\\n"
+    )
+    return path
+
+
 def test_lm_without_decoder_means_beam_search_with_that_lm(tiny_model_dir, tmp_path, capsys, monkeypatch):
     # Greedy reads NOT (T beats blank 0.55 : 0.44 on the last frame); an LM knowing NO and YES only
     # makes NOT an out-of-vocabulary word, so beam search with it must say NO.
     lp = frames("-", "N", "O", {"T": 0.55, "-": 0.44}, "-")
     monkeypatch.setattr(Transcriber, "_log_probs", lambda self, wave: lp)
     wav = silence(tmp_path / "a.wav", 1.0)
-    lm = tmp_path / "lm.arpa"
-    # A bigram with tab-separated fields: KenLM, used when installed, refuses anything less.
-    grams1 = ["-0.5\t</s>", "-99\t<s>\t0", "-0.5\tNO\t0", "-0.5\tYES\t0", "-2\t<unk>"]
-    grams2 = ["-0.3\t<s> NO", "-0.3\t<s> YES"]
-    lm.write_text(
-        "\\data\\\nngram 1=5\nngram 2=2\n\n\\1-grams:\n" + "\n".join(grams1)
-        + "\n\n\\2-grams:\n" + "\n".join(grams2) + "\n\n\\end\\\n"
-    )
+    lm = yes_no_lm(tmp_path / "lm.arpa")
     assert main(["transcribe", str(tiny_model_dir), str(wav)]) == 0
     assert capsys.readouterr().out == f"{wav} NOT\n"
     assert main(["transcribe", str(tiny_model_dir), str(wav), "--decoder", "beam"]) == 0
@@ -314,6 +319,32 @@ def test_char_words_split_at_pauses_unless_a_graph_named_them():
     lp = frames("Y", "E", "S", "N", "O")
     hyp = greedy_hyp(lp, SYMBOLS, ["YES", "NO"])
     assert spans(words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, 2)) == [("YES", 0, 3), ("NO", 3, 5)]
+
+
+def test_a_pause_inside_a_known_word_does_not_split_it():
+    # As FSDD's "six" from a real model (S I, 14 blank frames = 0.42 s past a 0.4 s word gap, X): Y E, 14
+    # blanks, S.
+    lp = frames("Y", "E", *["-"] * 14, "S", "-")
+    hyp = greedy_hyp(lp, SYMBOLS, ["YES"])
+    assert [w.word for w in words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=13)] == ["YE", "S"]
+    vocab = {"YES", "NO"}
+    words = words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=13, known=vocab.__contains__)
+    assert spans(words) == [("YES", 0, 17)]
+    # Two known words either side of a pause stay two, even where they also spell a known word ...
+    vocab = {"YE", "S", "YES"}
+    words = words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=13, known=vocab.__contains__)
+    assert [w.word for w in words] == ["YE", "S"]
+    # ... and halves that join into no known word (a run-on across utterances) are split as before.
+    words = words_with_times(hyp, lp, SYMBOLS, "<space>", 0.03, max_gap=13, known={"NO"}.__contains__)
+    assert [w.word for w in words] == ["YE", "S"]
+
+
+def test_transcriber_keeps_a_slow_word_whole_when_its_lm_knows_it(tiny_model_dir, tmp_path, monkeypatch):
+    lp = frames("Y", "E", *["-"] * 16, "S", "-")
+    monkeypatch.setattr(Transcriber, "_log_probs", lambda self, wave: lp)
+    lm = yes_no_lm(tmp_path / "lm.arpa")
+    tr = Transcriber(tiny_model_dir, DecodeConfig(decoder="beam", lm=str(lm)), progress=False)
+    assert tr.transcribe_file(silence(tmp_path / "a.wav", 1.0)).text == "YES"
 
 
 def test_spread_keeps_order_and_gives_each_word_a_token_while_there_are_enough():
