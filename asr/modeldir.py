@@ -14,7 +14,8 @@ while training (:func:`open_for_training`), and loading a finished one for decod
 ``feats.yaml``'s ``cmvn`` records how the model's inputs were normalised in training, and decoding
 does the same: ``global`` with the training set's ``cmvn_global.ark`` (copied here); ``speaker`` with
 each data dir's own per-speaker ``cmvn.scp`` (:meth:`ModelDir.pipeline_for`) and, for loose files with
-no speaker, the utterance's own stats; ``utterance`` per utterance; ``none`` not at all.
+no speaker, the utterance's own stats with the global ones as a prior (``asr transcribe --one-speaker``
+pools a speaker's files instead); ``utterance`` per utterance; ``none`` not at all.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ class ModelDir:
         if len(tokens) != model.vocab_size:
             raise AsrError(f"{exp_dir}/tokens.txt: {len(tokens)} tokens but {ckpt_path.name} has {model.vocab_size}")
         # A speaker-normalised model keeps only the training set's global stats: data dirs bring their
-        # own per-speaker stats (pipeline_for), loose files are normalised per utterance.
+        # own per-speaker stats (pipeline_for), a loose file takes its own with these as a prior.
         pipeline = load_pipeline(exp_dir, per_speaker=False)
         config = read_yaml(exp_dir / "config.yaml") if (exp_dir / "config.yaml").is_file() else {}
         return cls(exp_dir, model, tokens, pipeline.cfg, pipeline, config, device)
@@ -233,7 +234,8 @@ class ModelDir:
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Audio ``(T,)`` at ``feature_config.sample_rate`` -> model input ``(N', D')`` (extraction + pipeline).
 
-        No speaker is known here: a ``cmvn: speaker`` model normalises with the utterance's own stats.
+        No speaker is known here: a ``cmvn: speaker`` model normalises with the utterance's own stats and
+        the global ones as a prior (:data:`asr.features.SPEAKER_PRIOR_FRAMES`).
         """
         if self.feature_config.kind == "precomputed":
             raise AsrError(f"{self.path}: trained on precomputed features; it cannot featurise audio")

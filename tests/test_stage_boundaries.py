@@ -27,7 +27,7 @@ from asr.dataset import FeatsDataset
 from asr.decode import decode_dir, log_probs_of
 from asr.decoders import DecodeConfig
 from asr.errors import AsrError
-from asr.features import FeatureConfig, FeaturePipeline, compute_features, stack_frames
+from asr.features import SPEAKER_PRIOR_FRAMES, FeatureConfig, FeaturePipeline, compute_features, stack_frames
 from asr.modeldir import ModelDir
 from asr.train import TrainConfig, train
 from asr.transcribe import Transcriber
@@ -86,12 +86,17 @@ def test_speaker_cmvn_without_cmvn_scp_is_one_clear_error(speaker_model, tmp_pat
     assert not (tmp_path / "out" / "text").exists()
 
 
-def test_speaker_cmvn_transcribe_of_a_loose_file_uses_the_utterances_own_stats(speaker_model) -> None:
-    exp, _, _ = speaker_model
+def test_speaker_cmvn_transcribe_of_a_loose_file_uses_its_own_stats_with_the_global_prior(speaker_model) -> None:
+    exp, _, train_dir = speaker_model
     md = ModelDir.load(exp)
     wave = read_audio(str(SHARED_DATA / "fsdd" / "recordings" / "4_yweweler_9.wav"), 8000)
     raw = compute_features(wave, md.feature_config)
-    assert torch.equal(md.features(wave), stack_frames(utterance_cmvn(raw), 2, 2))
+    glob = Cmvn.load(train_dir).global_stats  # the training set's, which the model dir keeps
+    prior = glob * (SPEAKER_PRIOR_FRAMES / glob[0, -1])
+    own = np.zeros_like(glob)
+    own[0, :-1], own[0, -1], own[1, :-1] = raw.double().sum(0).numpy(), raw.shape[0], raw.double().pow(2).sum(0).numpy()
+    torch.testing.assert_close(md.features(wave), stack_frames(apply_cmvn(raw, own + prior), 2, 2))
+    assert not torch.allclose(md.features(wave), stack_frames(utterance_cmvn(raw), 2, 2), atol=1e-3)
 
 
 def test_one_speaker_transcribe_matches_decode_with_that_speakers_stats(speaker_model, tmp_path, capsys) -> None:
