@@ -56,10 +56,13 @@ def wer(recipe: Path, exp: str, dset: str, decoder: str) -> dict | None:
     return json.loads(path.read_text())["wer"] if path.is_file() else None
 
 
-def seconds(recipe: Path, variant: str, stages: list[str]) -> int:
+def seconds(recipe: Path, stage_logs: str, stages: list[str]) -> int:
+    """Wall seconds of ``stages`` from the recipe's ``STAGE_LOGS`` (``stage=log`` pairs). The data stages'
+    logs are the variant's, shared by its rows: a row that found them up to date shows their last run."""
+    logs = dict(p.split("=", 1) for p in stage_logs.split())
     total = 0
     for stage in stages:
-        log = recipe / "exp" / "log" / f"stage{stage}.{variant}.log"
+        log = recipe / logs[stage]
         found = re.findall(r"done in (\d+)s", log.read_text()) if log.is_file() else []
         total += int(found[-1]) if found else 0
     return total
@@ -80,7 +83,7 @@ def table(recipe: Path, rows: list[tuple[str, str, list[str]]], common: list[str
     ]
     base: dict[str, list[float]] = {}
     for name, what, args in rows:
-        v = make_vars(recipe, [*common, *args, f"ABLATION={name}"], ["EXP", "DEV_SET", "TEST_SETS", "VARIANT"])
+        v = make_vars(recipe, [*common, *args, f"ABLATION={name}"], ["EXP", "DEV_SET", "TEST_SETS", "STAGE_LOGS"])
         test = v["TEST_SETS"].split()[0]
         cells = []
         for dset in (v["DEV_SET"], test):
@@ -107,8 +110,8 @@ def table(recipe: Path, rows: list[tuple[str, str, list[str]]], common: list[str
                     base[dec] = [float(found.group(1)), float(found.group(2))]
             lines.append(old[name])
             continue
-        train = seconds(recipe, v["VARIANT"], ["7-train"])
-        total = seconds(recipe, v["VARIANT"], ["3-augment", "4-feats", "7-train", "8-tune", "9-decode", "10-score"])
+        train = seconds(recipe, v["STAGE_LOGS"], ["7-train"])
+        total = seconds(recipe, v["STAGE_LOGS"], ["3-augment", "4-feats", "7-train", "8-tune", "9-decode", "10-score"])
         lines.append(f"| {name} | {what} | " + " | ".join(cells) + f" | {train} | {total} |")
     cmd = "python egs/ablation.py " + f"egs/{recipe.name} --rows egs/{recipe.name}/conf/ablation.tsv --run -- " + \
         " ".join(shlex.quote(a) for a in common)

@@ -89,11 +89,22 @@ download_cmd ?= echo "no download for this recipe: set CORPUS_DIR to an existing
 VARIANT ?=
 # One row of an ablation (egs/ablate.py): its own model dir, stamps, logs and RESULTS.md notes.
 ABLATION ?=
+DATA_VARIANT := $(VARIANT)
 ifneq ($(ABLATION),)
 VARIANT := $(if $(VARIANT),$(VARIANT)-)$(ABLATION)
 TAG := $(TAG)-$(ABLATION)
 endif
 SFX := $(if $(VARIANT),.$(VARIANT))
+# The data stages (1-6) write data/, which every ablation row of a variant shares, so their stamps and
+# logs are the variant's, not the row's: a row whose data settings match the last run's skips them (and
+# does not rewrite features under another row's training), and a row whose settings differ redoes them
+# (with stamps of its own it would take the previous row's features for its own).
+DATA_SFX := $(if $(DATA_VARIANT),.$(DATA_VARIANT))
+DATA_STAGES := 1 2 3 4 5 6
+sfx_of = $(if $(filter $(DATA_STAGES),$(firstword $(subst -, ,$(1)))),$(DATA_SFX),$(SFX))
+STAGE_NAMES := 1-download 2-data 3-augment 4-feats 5-tokens 6-lm 7-train 8-tune 9-decode 10-score
+# stage=log file pairs (egs/ablation.py reads a row's wall times from them)
+STAGE_LOGS = $(foreach s,$(STAGE_NAMES),$(s)=$(LOGS)/stage$(s)$(call sfx_of,$(s)).log)
 # Scored against data/<set>$(SCORE_REF_SUFFIX)/text (a phone recipe's <set>_phone: %WER = %PER).
 SCORE_REF_SUFFIX ?=
 STAGE ?= 1
@@ -146,10 +157,10 @@ CORPUS_GIVEN := $(filter command environment,$(firstword $(origin CORPUS_DIR)))
 # $(call stage,N,name,inputs,outputs,settings,stamps and files whose contents count):
 # opens a stage; `exit 0` skips the rest of the (one-shell) recipe when it is up to date.
 define stage
-n=$(1); name=$(2); stamp=$(STAMPS)/$(1)-$(2)$(SFX).done; log=$(LOGS)/stage$(1)-$(2)$(SFX).log
+n=$(1); name=$(2); stamp=$(STAMPS)/$(1)-$(2)$(call sfx_of,$(1)).done; log=$(LOGS)/stage$(1)-$(2)$(call sfx_of,$(1)).log
 if [ $(1) -lt $(STAGE) ] || [ $(1) -gt $(STOP_STAGE) ]; then
   echo "$$(date '+%F %T') stage $(1) $(2): outside STAGE=$(STAGE)..STOP_STAGE=$(STOP_STAGE), skipped"; exit 0; fi
-hash=$$( { printf '%s\n' $(call q,$(5)); cat $(patsubst %,$(STAMPS)/%$(SFX).done,$(6)) $(7) 2>/dev/null || true; } | sha256sum | cut -c1-32)
+hash=$$( { printf '%s\n' $(call q,$(5)); cat $(foreach u,$(6),$(STAMPS)/$(u)$(call sfx_of,$(u)).done) $(7) 2>/dev/null || true; } | sha256sum | cut -c1-32)
 force=; case " $(FORCE) " in *" 1 "*|*" all "*|*" $(2) "*) force=1;; esac
 missing=; for f in $(4); do [ -e "$$f" ] || missing="$$f"; done
 if [ -z "$$force" ] && [ -z "$$missing" ] && [ -f $$stamp ] && [ "$$(cut -d' ' -f1 $$stamp)" = "$$hash" ]; then
@@ -313,8 +324,8 @@ define run_info
   echo "- training data: \`data/$(TRAIN_DATA)\` (speed perturbation: $(or $(SPEED_PERTURB),none); noise SNR dB: $(or $(NOISE_SNR),none)$(if $(EXTRA_TRAIN_NAME),; extra: $(EXTRA_TRAIN_NAME))$(if $(WORD_SPANS),; word spans: yes)); LM weights tuned on \`$(DEV_SET)\`: $(if $(and $(LM),$(TUNE_LM)),yes,no)"
   echo "- machine: $$(nproc --all) CPU cores, $$(date '+%F'); code: $$(git -C $(ROOT) rev-parse --short HEAD 2>/dev/null || echo 'uncommitted')"
   echo; echo "| stage | wall time (s) |"; echo "|---|---:|"; total=0
-  for s in 1-download 2-data 3-augment 4-feats 5-tokens 6-lm 7-train 8-tune 9-decode 10-score; do
-    f=$(LOGS)/stage$$s$(SFX).log; [ -f $$f ] || continue
+  for p in $(STAGE_LOGS); do
+    s=$${p%%=*}; f=$${p#*=}; [ -f $$f ] || continue
     t=$$(grep -o 'done in [0-9]*s' $$f | tail -1 | grep -o '[0-9]*' || true)
     [ -n "$$t" ] && echo "| $$s | $$t |" && total=$$((total + t))
   done; echo "| total | $$total |"; echo

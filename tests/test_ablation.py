@@ -16,7 +16,8 @@ ABLATION ?=
 EXP = exp/m-$(ABLATION)
 DEV_SET = dev
 TEST_SETS = test other
-VARIANT = v-$(ABLATION)
+STAGE_LOGS = 4-feats=exp/log/stage4-feats.v.log $(foreach s,3-augment 7-train 8-tune 9-decode 10-score,\
+  $(s)=exp/log/stage$(s).v-$(ABLATION).log)
 print-%:
 \t@echo '$($*)'
 """
@@ -47,6 +48,7 @@ def test_rows_read_own_dirs_and_keep_old_lines(tmp_path):
     log.mkdir(parents=True)
     (log / "stage7-train.v-new.log").write_text("stage 7 train: done in 50s\nstage 7 train: done in 40s\n")
     (log / "stage9-decode.v-new.log").write_text("done in 5s\n")
+    (log / "stage4-feats.v.log").write_text("done in 3s\n")  # a data stage: the variant's, not the row's
     out = subprocess.run([sys.executable, str(SCRIPT), str(recipe), "--rows", str(rows), "--"],
                          capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -55,6 +57,6 @@ def test_rows_read_own_dirs_and_keep_old_lines(tmp_path):
     table = text.split("<!-- ablation begin -->")[1].split("<!-- ablation end -->")[0]
     lines = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| row")]
     assert lines[0] == old_base
-    assert lines[1] == "| new | + a change | 8.50 | 6.25 | 13.00 [11.0, 15.0] ≈ | 3.00 [2.0, 4.0] | 40 | 45 |"
+    assert lines[1] == "| new | + a change | 8.50 | 6.25 | 13.00 [11.0, 15.0] ≈ | 3.00 [2.0, 4.0] | 40 | 48 |"
     assert len(lines) == 2  # rows that left rows.tsv leave the table
     assert text.startswith("# toy\n\n") and text.endswith("\n\ntail text\n")

@@ -433,3 +433,18 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     tuned = yaml.safe_load((exp / "lm_tuned.yaml").read_text())
     used = yaml.safe_load((exp / "decode_test_beam" / "decode.yaml").read_text())
     assert (used["alpha"], used["beta"], used["unk_penalty"]) == (tuned["alpha"], tuned["beta"], tuned["unk_penalty"])
+
+    # An ablation row shares the data stages (data/ is shared): with the same data settings it skips them,
+    # so it never rewrites features under another row's training ...
+    proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON, "ABLATION=row", "STOP_STAGE=6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout) == [], proc.stdout
+    # ... a row with other features redoes them, and then the first run's next stage sees its features
+    # are gone and redoes them too, instead of training or decoding with that row's.
+    feats = ["FEATS_OPTS=--set num_mel_bins=20"]
+    proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON, *feats, "ABLATION=row", "STOP_STAGE=4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4" in re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout), proc.stdout  # 3 too: word spans
+    proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON, "STOP_STAGE=4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4" in re.findall(r"stage (\d+) \w+: .* -> ", proc.stdout), proc.stdout  # 3 too: word spans
