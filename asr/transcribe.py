@@ -352,7 +352,8 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         frames = tr.use_speaker_stats([s for _, s in inputs if not isinstance(s, AsrError)])
         log.info("--one-speaker: CMVN stats pooled over %d frames of %d input(s)", frames, len(inputs))
     elif tr.cfg.cmvn == "speaker":
-        log.info("%s normalises per speaker; each file gets its own stats (--one-speaker pools them)", args.model_dir)
+        log.info("%s normalises per speaker: each file gets its own stats with a global prior; --one-speaker "
+                 "pools them over the files", args.model_dir)
     for key, source in inputs:
         if isinstance(source, AsrError):
             print(f"asr transcribe: {source}", file=sys.stderr)
@@ -399,5 +400,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="word times from a forced alignment of the hypothesis (as 'asr align') instead of its spikes")
     p.add_argument("--one-speaker", action="store_true",
                    help="the inputs share one speaker: a cmvn: speaker model normalises them with stats pooled "
-                        "over all of them (as 'asr decode' with a data dir's utt2spk) instead of each file's own")
+                        "over all of them (as 'asr decode' with a data dir's utt2spk), not each file's own with "
+                        "a global prior")
     p.set_defaults(func=_cmd_transcribe)
