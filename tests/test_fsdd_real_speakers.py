@@ -67,14 +67,14 @@ def _make(*args: str) -> str:
 def test_fsdd_real_speakers_recipe_wiring():
     so = "SO762_DIR=/corpora/speechocean762"
     assert _make("SPLIT=loso1", "TEST_SPEAKERS=nicolas", so, "print-TRAIN_DATA").strip() == \
-        "train_loso_nicolas_synth3_so762"
-    assert _make("SYNTH=", so, "SO762_OPTS=--digits-only", "print-TRAIN_DATA").strip() == "train_so762d"
+        "train_loso_nicolas_noise10_20_synth3_so762"
+    assert _make("SYNTH=", so, "SO762_OPTS=--digits-only", "print-TRAIN_DATA").strip() == "train_noise10_20_so762d"
     dry = _make("-n", "SPLIT=spk", so, "augment", "tokens", "lm")
     assert "local/real_speakers.py /corpora/speechocean762 data/so762 " in dry
     assert 'parts="$parts data/synth3 data/so762"' in dry
     # Tokens from everything training reads (speechocean762 brings letters FSDD's digits lack), in a
     # lang dir of their own so a run without it keeps data/lang; the LM only from FSDD's transcripts.
-    assert "make-tokens data/train_spk_synth3_so762/text data/lang_so762 --unit char" in dry
+    assert "make-tokens data/train_spk_noise10_20_synth3_so762/text data/lang_so762 --unit char" in dry
     assert "build-lm data/train_spk/text" in dry
     plain = _make("-n", "SPLIT=spk", "tokens")
     assert "make-tokens data/train_spk/text data/lang --unit char" in plain

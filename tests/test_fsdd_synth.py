@@ -61,17 +61,18 @@ def test_fsdd_synth_recipe_wiring():
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    assert var("SPLIT=spk", "SYNTH=3") == "train_spk_synth3"
+    assert var("SPLIT=spk", "SYNTH=3") == "train_spk_noise10_20_synth3"  # the pink-noise copy: on by default
     assert var("SPLIT=spk", "SYNTH=3", "NOISE_SNR=10") == "train_spk_noise10_synth3"
     # On by default for every split; SYNTH= turns it off.
-    assert var("SPLIT=spk") == "train_spk_synth3"
-    assert var("SPLIT=loso1", "TEST_SPEAKERS=george") == "train_loso_george_synth3"
-    assert var() == "train_synth3"
-    assert var("SPLIT=spk", "SYNTH=") == "train_spk"
-    assert var("SYNTH=") == "train"
+    assert var("SPLIT=spk") == "train_spk_noise10_20_synth3"
+    assert var("SPLIT=loso1", "TEST_SPEAKERS=george") == "train_loso_george_noise10_20_synth3"
+    assert var() == "train_noise10_20_synth3"
+    assert var("NOISE_SNR=") == "train_synth3"
+    assert var("SPLIT=spk", "SYNTH=") == "train_spk_noise10_20"
+    assert var("SYNTH=", "NOISE_SNR=") == "train"
     dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "fsdd"), "SPLIT=spk", "SYNTH=3", "augment"],
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert "local/synth_digits.py data/synth3 --utts-per-voice 3 --seed 1 " in dry.stdout
     assert 'parts="$parts data/synth3"' in dry.stdout
-    assert "combine-data-dirs data/train_spk_synth3 data/train_spk $parts" in dry.stdout
+    assert "combine-data-dirs data/train_spk_noise10_20_synth3 data/train_spk $parts" in dry.stdout
