@@ -20,7 +20,7 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -31,6 +31,7 @@ import torch
 from asr.atomic import write_text
 from asr.errors import AsrError
 from asr.tokens import BLANK_ID, SPACE, WORD_START, TokenTable
+from asr.word_times import join_paused
 
 log = logging.getLogger(__name__)
 
@@ -117,39 +118,41 @@ def reference_words(tokens: TokenTable, text: str) -> tuple[list[int], list[tupl
     return ids, words
 
 
-def hypothesis_words(spans: list[TokenSpan], symbols: list[str], boundary: str,
-                     max_gap: int) -> list[tuple[str, int, int]]:
+def hypothesis_words(spans: list[TokenSpan], symbols: list[str], boundary: str, max_gap: int,
+                     known: Callable[[str], bool] | None = None) -> list[tuple[str, int, int]]:
     """Words of aligned hypothesis tokens as ``(word, first, end)`` indices into ``spans``.
 
     The same grouping ``transcribe`` applies to its spike-run times (split at ``boundary`` tokens and
     where a token starts more than ``max_gap`` frames after the word's last one), so ``--align``
     changes the times of a transcript, not its words. Sentencepiece pieces have no boundary symbol
     but mark every word's start (the first one's too) with ``▁``: there that alone starts a word,
-    and pauses split nothing, so the words are the decoder's.
+    and pauses split nothing, so the words are the decoder's. ``known`` undoes a pause's split inside
+    a word as :func:`asr.word_times.join_paused` does.
     """
     pieces = boundary not in symbols and any(s.startswith(WORD_START) for s in symbols)
-    words: list[tuple[str, int, int]] = []
-    first = None
+    words: list[tuple[str, tuple[int, int], bool]] = []
+    first, paused, after_pause = None, False, False
 
     def flush(end: int) -> None:
         word = "".join(symbols[t.token] for t in spans[first:end]).replace(WORD_START, "")
         if word:  # a lone "▁" piece spells no word
-            words.append((word, first, end))
+            words.append((word, (first, end), after_pause))
 
     for i, s in enumerate(spans):
         is_boundary = symbols[s.token] == boundary
         if pieces:
             split = symbols[s.token].startswith(WORD_START)
         else:
-            split = is_boundary or (first is not None and s.start - (spans[i - 1].end - 1) > max_gap)
+            paused = first is not None and not is_boundary and s.start - (spans[i - 1].end - 1) > max_gap
+            split = is_boundary or paused
         if first is not None and split:
             flush(i)
             first = None
         if first is None and not is_boundary:
-            first = i
+            first, after_pause = i, paused
     if first is not None:
         flush(len(spans))
-    return words
+    return [(w, a, b) for w, (a, b) in join_paused(words, known, lambda x, y: (x[0], y[1]))]
 
 
 def word_spans(spans: list[TokenSpan], groups: list[tuple[str, int, int]]) -> list[WordSpan]:
@@ -159,10 +162,10 @@ def word_spans(spans: list[TokenSpan], groups: list[tuple[str, int, int]]) -> li
 
 
 def align_hypothesis(log_probs: torch.Tensor, token_ids: Sequence[int], symbols: list[str], boundary: str,
-                     max_gap: int) -> list[WordSpan]:
+                     max_gap: int, known: Callable[[str], bool] | None = None) -> list[WordSpan]:
     """``transcribe --align``: a decoded hypothesis' own tokens aligned to its posteriors ``(T, V)``."""
     spans = align_tokens(log_probs, token_ids)
-    return word_spans(spans, hypothesis_words(spans, symbols, boundary, max_gap))
+    return word_spans(spans, hypothesis_words(spans, symbols, boundary, max_gap, known))
 
 
 def align_utterance(log_probs: torch.Tensor, tokens: TokenTable, text: str) -> Alignment:

@@ -214,7 +214,7 @@ class Transcriber:
             from asr.align import align_hypothesis, frame_time
 
             aligned = align_hypothesis(lp, hyp.tokens, self.md.tokens.symbols, self.decode_config.word_boundary,
-                                     max(1, round(self.word_gap / frame_s)))
+                                       max(1, round(self.word_gap / frame_s)), known=self._known)
             return [Word(w.word, frame_time(w.start, frame_s, offset), frame_time(w.end, frame_s, offset),
                          round(w.score, 4)) for w in aligned]
         return words_with_times(hyp, lp, self.md.tokens.symbols, self.decode_config.word_boundary, frame_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +49,25 @@ def token_frames(hyp: Hypothesis, lp: torch.Tensor) -> list[tuple[int, int]]:
             last += 1
         spans.append((first, last))
     return spans
+
+
+T = TypeVar("T")
+
+
+def join_paused(groups: list[tuple[str, T, bool]], known: Callable[[str], bool] | None,
+                join: Callable[[T, T], T]) -> list[tuple[str, T]]:
+    """Words ``(text, item, after_pause)`` -> ``(text, item)``, each split at a pause undone where ``known``
+    knows the two texts joined and not both halves: a long vowel or a stop's closure inside one word
+    (FSDD's "six": S I, 0.4 s of blanks, X) is a pause too. ``join`` merges two items."""
+    out: list[tuple[str, T]] = []
+    for text, item, paused in groups:
+        if paused and out and known is not None:
+            left, prev = out[-1]
+            if known(left + text) and not (known(left) and known(text)):
+                out[-1] = (left + text, join(prev, item))
+                continue
+        out.append((text, item))
+    return out
 
 
 def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boundary: str, frame_s: float,
@@ -107,18 +127,9 @@ def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boun
         text = "".join(symbols[tok] for tok, _, _, _ in g)
         return text.replace(WORD_START, "") if starts is not None else text
 
-    merged: list[list[tuple[int, int, int, float]]] = []
-    for g, paused in groups:
-        if not spell(g):  # a bare "▁" piece followed by another word start spells no word
-            continue
-        # A long vowel or a stop's closure inside one word (FSDD's "six": S I, 0.4 s, X) is a pause too:
-        # where the decoder's vocabulary knows the joined word and not both halves, it stays one word.
-        if paused and merged and known is not None:
-            left, right = spell(merged[-1]), spell(g)
-            if known(left + right) and not (known(left) and known(right)):
-                merged[-1] = merged[-1] + g
-                continue
-        merged.append(g)
+    # A bare "▁" piece followed by another word start spells no word.
+    texts = [(spell(g), g, paused) for g, paused in groups if spell(g)]
+    merged = [g for _, g in join_paused(texts, known, lambda a, b: a + b)]
     words: list[Word] = []
     for g in merged:
         start, end = (g[0][1] + offset) * frame_s, (g[-1][2] + 1 + offset) * frame_s

@@ -118,6 +118,11 @@ def test_hypothesis_words_group_like_transcribe():
              TokenSpan(3, 8, 9, 1.0), TokenSpan(4, 20, 22, 1.0), TokenSpan(2, 23, 24, 1.0)]
     assert hypothesis_words(spans, symbols, "<space>", 10) == [("AB", 1, 3), ("A", 4, 5), ("B", 5, 6)]
     assert hypothesis_words(spans, symbols, "<space>", 12) == [("AB", 1, 3), ("AB", 4, 6)]
+    # A pause inside a word the vocabulary knows (and not both its halves) splits nothing: --align keeps
+    # transcribe's words.
+    assert hypothesis_words(spans, symbols, "<space>", 10, known={"AB"}.__contains__) == [("AB", 1, 3), ("AB", 4, 6)]
+    assert hypothesis_words(spans, symbols, "<space>", 10, known={"A", "B", "AB"}.__contains__) == [
+        ("AB", 1, 3), ("A", 4, 5), ("B", 5, 6)]
     words = align_hypothesis(posteriors([0, 3, 3, 0, 2, 2, 0, 4, 4, 0], 5), [3, 2, 4], symbols, "<space>", 10)
     assert [(w.word, w.start, w.end) for w in words] == [("A", 1, 3), ("B", 7, 9)]
 
