@@ -128,13 +128,12 @@ def words_with_times(hyp: Hypothesis, lp: torch.Tensor, symbols: list[str], boun
         return text.replace(WORD_START, "") if starts is not None else text
 
     # A bare "▁" piece followed by another word start spells no word.
-    texts = [(spell(g), g, paused) for g, paused in groups if spell(g)]
-    merged = [g for _, g in join_paused(texts, known, lambda a, b: a + b)]
+    texts = [(text, g, paused) for g, paused in groups if (text := spell(g))]
     words: list[Word] = []
-    for g in merged:
+    for text, g in join_paused(texts, known, lambda a, b: a + b):
         start, end = (g[0][1] + offset) * frame_s, (g[-1][2] + 1 + offset) * frame_s
         conf = float(np.mean([c for _, _, _, c in g]))
-        words.append(Word(spell(g), round(start, 3), round(end, 3), round(conf, 4)))
+        words.append(Word(text, round(start, 3), round(end, 3), round(conf, 4)))
     return words
 
 

@@ -218,9 +218,10 @@ augment: data
 	$(stage_done)
 
 # The first pass of WORD_SPANS: its own features, tokens and model in exp/spans_pass1, trained on
-# TRAIN_SET alone (which stands in for dev: the model only has to align its own training data).
+# TRAIN_SET alone (which stands in for dev: the model only has to align its own training data). It is
+# stage 3's, so the dir is the variant's, not an ablation row's.
 define word_spans_cmd
-p=exp/spans_pass1$(SFX); rm -rf $$p; mkdir -p $$p
+p=exp/spans_pass1$(DATA_SFX); rm -rf $$p; mkdir -p $$p
 cp -r data/$(TRAIN_SET) $$p/data
 $(ASR) make-feats $$p/data $(call conf_opt,$(FEATS_CONF)) $(FEATS_OPTS) --nj $(NJ)
 $(ASR) compute-cmvn $$p/data $(CMVN_OPTS)
