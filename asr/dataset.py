@@ -82,6 +82,9 @@ class FeatsDataset(Dataset):
         self.pipeline = pipeline
         # Training-time augmentation of the normalised frames, inside the pipeline (before stacking).
         self.augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # Training (cmvn: speaker): this share of utterances, drawn from the torch RNG (which checkpoints
+        # restore), is normalised with no speaker, as asr transcribe does a loose file.
+        self.loose_share = 0.0
         self.tokens = tokens
         self.utt2spk = data.utt2spk
         texts = (data.text or {}) if need_text else {}
@@ -147,9 +150,12 @@ class FeatsDataset(Dataset):
         utt = self.utts[i]
         x = torch.from_numpy(np.array(self._read(utt), dtype=np.float32))  # copy: kaldiio may hand a read-only view
         if self.pipeline is not None:
+            spk = self.utt2spk.get(utt)
+            if self.loose_share and float(torch.rand(())) < self.loose_share:
+                spk = None
             try:
                 x = (
-                    self.pipeline(x, self.utt2spk.get(utt), self.augment)
+                    self.pipeline(x, spk, self.augment)
                     if isinstance(self.pipeline, FeaturePipeline)
                     else self.pipeline(x)
                 )

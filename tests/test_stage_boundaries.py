@@ -277,3 +277,30 @@ def test_a_second_writer_of_a_model_or_data_dir_is_refused(tmp_path, capsys) -> 
         assert "another 'asr make-feats'" in capsys.readouterr().err
     assert main(["train", str(data), str(data), str(lang), str(exp), *sets]) == 0
     assert (exp / "final.pt").is_file() and not (exp / ".lock").exists()
+
+
+def test_loose_cmvn_trains_on_what_transcribe_feeds_a_loose_file(speaker_model, tmp_path, capsys) -> None:
+    from asr.train import _datasets
+
+    exp, _, train_dir = speaker_model
+    md = ModelDir.load(exp)  # its pipeline: the training set's global stats, for files with no speaker
+    wavs = read_kv(train_dir / "wav.scp")
+    torch.manual_seed(0)
+    loose, _ = _datasets(_cfg("loose_cmvn=1.0"), train_dir, train_dir, exp)
+    plain, _ = _datasets(_cfg(), train_dir, train_dir, exp)
+    for i in range(4):
+        u, x, _ = loose[i]
+        want = md.features(read_audio(wavs[u], 8000))
+        torch.testing.assert_close(x, want, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(x, plain[i][1], atol=1e-3)  # the speaker's stats would differ
+    torch.manual_seed(0)
+    half, _ = _datasets(_cfg("loose_cmvn=0.5"), train_dir, train_dir, exp)
+    same = [torch.equal(half[i][1], plain[i][1]) for _ in range(3) for i in range(len(half))]
+    assert 0.25 * len(same) < sum(same) < 0.75 * len(same)  # about half keep their speaker's stats
+    # Training with it runs; a model whose features are not normalised per speaker refuses it in one line.
+    train(train_dir, train_dir, exp.parent / "lang", tmp_path / "exp", _cfg("loose_cmvn=0.5", "max_epochs=1"))
+    glob = fsdd_dir(SHARED_DATA, tmp_path / "g", ["theo"], [7], digits=[1, 2])
+    assert main(["train", str(glob), str(glob), str(lang_dir(glob, tmp_path / "lang")), str(tmp_path / "e2"),
+                 "--set", "loose_cmvn=0.5", "--set", "max_epochs=1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "loose_cmvn" in err and "cmvn: global" in err, err
