@@ -132,6 +132,16 @@ class FeatsDataset(Dataset):
         self.utts, self.lengths, self.labels = utts, lengths, labels
         self.n_dropped = len(dropped)
 
+    def set_loose_share(self, share: float) -> None:
+        """Training: normalise this share of utterances with no speaker (own stats + the global prior), as
+        ``asr transcribe`` does a loose file; for a ``cmvn: speaker`` pipeline only."""
+        if not 0.0 <= share <= 1.0:
+            raise AsrError(f"loose_cmvn is a share of utterances, in [0, 1]; got {share}")
+        mode = getattr(getattr(self.pipeline, "cfg", None), "cmvn", None)
+        if share and mode != "speaker":
+            raise AsrError(f"loose_cmvn: {share} needs cmvn: speaker features; {self.data_dir} has cmvn: {mode}")
+        self.loose_share = share
+
     def _read(self, utt: str) -> np.ndarray:
         try:
             return kaldiio.load_mat(self._rx[utt])
