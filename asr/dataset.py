@@ -137,7 +137,7 @@ class FeatsDataset(Dataset):
         ``asr transcribe`` does a loose file; for a ``cmvn: speaker`` pipeline only."""
         if not 0.0 <= share <= 1.0:
             raise AsrError(f"loose_cmvn is a share of utterances, in [0, 1]; got {share}")
-        mode = getattr(getattr(self.pipeline, "cfg", None), "cmvn", None)
+        mode = self.pipeline.cfg.cmvn if isinstance(self.pipeline, FeaturePipeline) else None
         if share and mode != "speaker":
             raise AsrError(f"loose_cmvn: {share} needs cmvn: speaker features; {self.data_dir} has cmvn: {mode}")
         self.loose_share = share
