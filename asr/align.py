@@ -266,7 +266,7 @@ def align_dir(exp_dir: Path, data_dir: Path, out_dir: Path, checkpoint: str = "f
               batch_size: int = 16) -> tuple[int, int]:
     """Align every utterance of ``data_dir`` into ``out_dir/{ctm,tokens.ctm,textgrid/}``; ``(done, failed)``."""
     from asr.datadir import DataDir
-    from asr.decode import log_probs_of
+    from asr.model_inputs import log_probs_of
     from asr.modeldir import ModelDir
 
     md = ModelDir.load(exp_dir, checkpoint)

@@ -327,6 +327,9 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
         raise AsrError("--lm: the wfst decoder's LM is the one compiled into its graph ('asr make-graph --lm')")
     if decode.lm and decode.decoder == "greedy":
         raise AsrError("--lm needs the beam decoder (--decoder beam)")
+    if decode.adapt_epochs:
+        raise AsrError("adapt_epochs: speaker adaptation needs a speaker's utterances together; use 'asr decode' "
+                       "on a data dir (utt2spk)")
     return decode
 
 

@@ -97,8 +97,9 @@ def install(exp_dir: Path, lm_path: str | Path, row: tuple[float, float, float, 
 
 def _cmd_tune_lm(args: argparse.Namespace) -> int:
     from asr.datadir import DataDir
-    from asr.decode import _config, log_probs_of
+    from asr.decode import _config
     from asr.lm.backends import load_lm
+    from asr.model_inputs import log_probs_of
     from asr.modeldir import ModelDir
 
     exp_dir, data_dir = Path(args.exp_dir), Path(args.data_dir)
@@ -106,6 +107,9 @@ def _cmd_tune_lm(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if not cfg.lm:
         raise AsrError("tune-lm needs --lm (or lm: in --conf)")
+    if cfg.adapt_epochs:
+        raise AsrError("tune-lm: adapt_epochs > 0 is not tuned with (the grid decodes the model as trained); "
+                       "give it to 'asr decode'")
     data = DataDir.load(data_dir)
     if not data.text:
         raise AsrError(f"{data_dir}/text: needed to tune on")

@@ -69,6 +69,10 @@ LM_ORDER ?= 3
 # running `asr build-lm`; its contents are part of the stage's hash, so a changed file reruns it.
 LM_ARPA ?=
 DECODERS ?= greedy beam
+# Unsupervised speaker adaptation of the beam decode (asr.adapt): ADAPT_EPOCHS=N fine-tunes a copy of the
+# model on each test speaker's confident first-pass hypotheses for N epochs, then decodes that speaker
+# again (Kaldi's two-pass speaker-adapted decoding). Greedy stays the model as trained; empty = off.
+ADAPT_EPOCHS ?=
 TAG ?= $(UNIT)_$(basename $(notdir $(TRAIN_CONF)))
 # One token table per unit: char and phone runs of a recipe must not overwrite each other's.
 LANG_DIR ?= data/lang$(if $(filter char,$(UNIT)),,_$(UNIT))
@@ -273,13 +277,13 @@ tune: $(if $(LM),lm) train
 
 decode_dirs := $(foreach s,$(DECODE_SETS),$(foreach d,$(DECODERS),$(EXP)/decode_$(s)_$(d)))
 decode: tune
-	@$(call stage,9,decode,$(EXP) $(DECODE_SETS:%=data/%) $(LM),$(decode_dirs:%=%/text),$(DECODERS) $(DECODE_SETS) $(DECODE_OPTS),4-feats 6-lm 7-train 8-tune,$(wildcard $(DECODE_CONF)))
+	@$(call stage,9,decode,$(EXP) $(DECODE_SETS:%=data/%) $(LM),$(decode_dirs:%=%/text),$(DECODERS) $(DECODE_SETS) $(DECODE_OPTS)$(if $(ADAPT_EPOCHS), adapt $(ADAPT_EPOCHS)),4-feats 6-lm 7-train 8-tune,$(wildcard $(DECODE_CONF)))
 	for s in $(DECODE_SETS); do
 	  for d in $(DECODERS); do
 	    case $$d in
 	      greedy) opts="";;
 	      wfst) opts="--graph $(GRAPH)";;  # the graph holds the LM (and, for phones, the lexicon)
-	      *) opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM))";;
+	      *) opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM)) $(if $(ADAPT_EPOCHS),--set adapt_epochs=$(ADAPT_EPOCHS))";;
 	    esac
 	    $(ASR) decode $(EXP) data/$$s --decoder $$d $$opts $(DECODE_OPTS) --nj $(NJ)
 	  done

@@ -355,8 +355,9 @@ def _snapshot(root: Path) -> dict[str, int]:
 
 # Every optional stage and training option on: speed perturbation, a noisy copy and word-span
 # sub-utterances from a first-pass alignment (stage 3), VTLP, SpecAugment, the conv front-end, LR
-# warm-up, and the LM weights tuned on dev (stage 8).
+# warm-up, the LM weights tuned on dev (stage 8) and speaker adaptation of the beam decode (stage 9).
 ALL_ON = [
+    "ADAPT_EPOCHS=1",
     "SPEED_PERTURB=1.1",
     "WORD_SPANS=1",
     "NOISE_SNR=10 20",
@@ -417,6 +418,10 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     config = yaml.safe_load((exp / "config.yaml").read_text())
     assert config["vtlp"]["enabled"] and config["specaug"] and config["model"]["frontend"] == "conv2d"
     assert f"{3 * n_train + n_spans} train" in (exp / "train.log").read_text()
+    # The beam decode adapted each test speaker; greedy decoded with the model as trained.
+    assert yaml.safe_load((exp / "decode_test_beam" / "decode.yaml").read_text())["adapt_epochs"] == 1
+    assert yaml.safe_load((exp / "decode_test_greedy" / "decode.yaml").read_text())["adapt_epochs"] == 0
+    assert "adapted " in (work / "exp" / "log" / "stage9-decode.log").read_text()
 
     before = _snapshot(work)
     proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON)

@@ -68,6 +68,11 @@ class DecodeConfig:
     max_active: int = 7000
     # Blank log-prob minus log(blank_scale) before decoding, as EESEN's --blank-scale (> 1: fewer blanks).
     blank_scale: float = 1.0
+    # Unsupervised speaker adaptation (asr.adapt): > 0 fine-tunes a copy of the model for this many epochs
+    # on each speaker's first-pass hypotheses whose n-best share is >= adapt_min_conf, then decodes again.
+    adapt_epochs: int = 0
+    adapt_lr: float = 3e-4
+    adapt_min_conf: float = 0.999
 
     # Old key -> new key (see asr.config.from_dict): "lexicon" is make-tokens' pronunciation dictionary.
     renamed_keys: ClassVar[dict[str, str]] = {"lexicon": "words"}
@@ -77,6 +82,8 @@ class DecodeConfig:
             raise ValueError("beam and nbest must be >= 1")
         if not 0.0 < self.cutoff_prob <= 1.0 or not 0.0 < self.blank_skip <= 1.0:
             raise ValueError("cutoff_prob and blank_skip must be in (0, 1]")
+        if self.adapt_epochs < 0 or self.adapt_lr <= 0 or not 0.0 <= self.adapt_min_conf <= 1.0:
+            raise ValueError("adapt_epochs must be >= 0, adapt_lr > 0 and adapt_min_conf in [0, 1]")
 
 
 def word_starts(symbols: list[str], boundary: int | None) -> np.ndarray | None:
