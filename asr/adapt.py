@@ -14,7 +14,8 @@ A hypothesis is confident when its share of the first pass's n-best mass (the so
 configured beam search (LM included) with that n-best; for ``decoder: greedy`` it is an LM-free
 prefix beam search, while the second pass decodes greedily as asked. A speaker with fewer than
 :data:`MIN_UTTS` confident utterances keeps the model as trained; every speaker is decoded by the
-second pass, so the output is always the configured decoder's.
+second pass, so the output is always the configured decoder's. ``asr transcribe --one-speaker``
+treats its files as one speaker and adapts to them in the same way (:func:`adapt_transcriber`).
 """
 
 from __future__ import annotations
@@ -101,9 +102,7 @@ def adapt_speakers(md, data_dir: Path, cfg: DecodeConfig, first: Result, batchin
     data = DataDir.load(data_dir, read_text=False)
     src = ModelInputs(md, data_dir)
     decoder = make_decoder(md.tokens.symbols, cfg)
-    train_cfg = md.config if isinstance(md.config, dict) else {}
-    frames = int(train_cfg.get("frames_per_batch", 20000))
-    clip = float((train_cfg.get("optim") or {}).get("grad_clip", 5.0))
+    frames, clip = _batching(md)
     out: Result = {}
     adapted = 0
     for spk, utts in spk2utt_from_utt2spk(data.utt2spk).items():
@@ -117,8 +116,7 @@ def adapt_speakers(md, data_dir: Path, cfg: DecodeConfig, first: Result, batchin
             spk_md = copy.copy(md)
             spk_md.model = net
             adapted += 1
-            log.info("adapt %s: %d of %d utterances confident; CTC loss on them %.3f -> %.3f per utterance",
-                     spk, len(sure), len(utts), before, after)
+            _log_tuned(spk, len(sure), len(utts), before, after)
         else:
             log.info("adapt %s: %d of %d utterances confident (< %d): not adapted", spk, len(sure), len(utts),
                      MIN_UTTS)
@@ -127,3 +125,47 @@ def adapt_speakers(md, data_dir: Path, cfg: DecodeConfig, first: Result, batchin
                 out[u] = [(h.words, h.score) for h in hyps]
     log.info("adapted %d speaker(s) of %d", adapted, len(set(data.utt2spk.values())))
     return out
+
+
+def adapt_transcriber(tr, sources: list, cfg: DecodeConfig) -> int:
+    """``transcribe --one-speaker``: tune ``tr``'s model on the confident first-pass hypotheses of ``sources``
+    (AudioSources of one speaker, whose pooled stats ``tr`` already uses), as :func:`adapt_speakers` does
+    for a speaker of a data dir; every later ``tr.transcribe`` then uses the tuned copy. Files longer
+    than one chunk are transcribed by it but not tuned on. Returns the number of files tuned on."""
+    from asr.features import compute_features
+
+    if tr.exported is not None:
+        raise AsrError("adapt_epochs: an exported --engine cannot be fine-tuned; use --engine eager")
+    first = make_decoder(tr.md.tokens.symbols, first_pass_config(cfg))
+    inputs, targets = [], []
+    for audio in sources:
+        if audio.num_samples > tr.chunk + tr.context or audio.num_samples < tr.cfg.window_samples:
+            continue
+        try:
+            x = tr.pipeline(compute_features(audio.read(0, audio.num_samples), tr.cfg))
+        except AsrError:
+            continue  # its transcription says why
+        lp, lens = tr.md.log_probs([x])
+        nbest = [(h.words, h.score) for h in first.decode(lp, lens)[0]]
+        if nbest and nbest[0][0] and confidence(nbest) >= cfg.adapt_min_conf:
+            inputs.append(x)
+            targets.append(tr.md.tokens.encode(" ".join(nbest[0][0])))
+    if len(inputs) < MIN_UTTS:
+        log.info("adapt: %d of %d files confident (< %d): not adapted", len(inputs), len(sources), MIN_UTTS)
+        return 0
+    frames, clip = _batching(tr.md)
+    net, before, after = fine_tune(tr.md.model, inputs, targets, cfg.adapt_epochs, cfg.adapt_lr, frames, clip)
+    tr.md.model = net
+    _log_tuned("the speaker", len(inputs), len(sources), before, after)
+    return len(inputs)
+
+
+def _batching(md) -> tuple[int, float]:
+    """``(frames_per_batch, grad_clip)`` of the model's training config."""
+    train_cfg = md.config if isinstance(md.config, dict) else {}
+    return int(train_cfg.get("frames_per_batch", 20000)), float((train_cfg.get("optim") or {}).get("grad_clip", 5.0))
+
+
+def _log_tuned(who: str, n: int, total: int, before: float, after: float) -> None:
+    log.info("adapt %s: %d of %d utterances confident; CTC loss on them %.3f -> %.3f per utterance",
+             who, n, total, before, after)

@@ -84,6 +84,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads 3e-4, without a dot, as a string; as a float field's value it is the number.
+        try:
+            return float(value)
+        except ValueError:
+            raise AsrError(f"{key}: expected a number, got {value!r}") from None
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise AsrError(f"{key}: expected {tp.__name__}, got {value!r}")
     if tp is int and isinstance(value, bool):

@@ -327,9 +327,9 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
         raise AsrError("--lm: the wfst decoder's LM is the one compiled into its graph ('asr make-graph --lm')")
     if decode.lm and decode.decoder == "greedy":
         raise AsrError("--lm needs the beam decoder (--decoder beam)")
-    if decode.adapt_epochs:
-        raise AsrError("adapt_epochs: speaker adaptation needs a speaker's utterances together; use 'asr decode' "
-                       "on a data dir (utt2spk)")
+    if decode.adapt_epochs and not args.one_speaker:
+        raise AsrError("adapt_epochs: speaker adaptation needs a speaker's files together: add --one-speaker, or "
+                       "use 'asr decode' on a data dir (utt2spk)")
     return decode
 
 
@@ -354,6 +354,10 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         inputs = list(inputs)
         frames = tr.use_speaker_stats([s for _, s in inputs if not isinstance(s, AsrError)])
         log.info("--one-speaker: CMVN stats pooled over %d frames of %d input(s)", frames, len(inputs))
+        if decode.adapt_epochs:
+            from asr.adapt import adapt_transcriber
+
+            adapt_transcriber(tr, [s for _, s in inputs if not isinstance(s, AsrError)], decode)
     elif tr.cfg.cmvn == "speaker":
         log.info("%s normalises per speaker: each file gets its own stats with a global prior; --one-speaker "
                  "pools them over the files", args.model_dir)

@@ -123,3 +123,16 @@ def test_commands_that_cannot_adapt_refuse_it_instead_of_ignoring_it(model, tmp_
     assert main(["tune-lm", str(exp), str(test_dir), "--lm", str(tmp_path / "lm.arpa"), "--set", "adapt_epochs=2"]) != 0
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "adapt_epochs" in err, err
+
+
+def test_one_speaker_transcribe_adapts_as_decode_does_for_that_speaker(model, tmp_path, capsys) -> None:
+    exp, test_dir = model
+    utt2spk = read_kv(test_dir / "utt2spk")
+    theo = subset_data_dir(test_dir, tmp_path / "theo", [u for u, s in utt2spk.items() if s == "theo"])
+    sets = ["--set", "adapt_epochs=3", "--set", "adapt_lr=3e-3", "--set", "adapt_min_conf=0"]
+    assert main(["decode", str(exp), str(theo), "--decoder", "greedy", *sets, "-o", str(tmp_path / "dec")]) == 0
+    assert main(["decode", str(exp), str(theo), "--decoder", "greedy", "-o", str(tmp_path / "plain")]) == 0
+    out = tmp_path / "tr.txt"
+    assert main(["transcribe", str(exp), str(theo / "wav.scp"), "--one-speaker", "--decoder", "greedy", *sets,
+                 "-o", str(out)]) == 0
+    assert sorted(out.read_text().splitlines()) == sorted((tmp_path / "dec" / "text").read_text().splitlines())

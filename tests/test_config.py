@@ -43,6 +43,7 @@ def test_yaml_and_overrides(tmp_path):
         ("optim:\n  momentum: 0.9\n", [], "optim: unknown key(s) momentum"),
         ("", ["optim.kind=rmsprop"], "'rmsprop' is not one of 'adam', 'sgd'"),
         ("layers: two\n", [], "layers: expected int"),
+        ("", ["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         ("", ["nokey"], "expected key=value"),
         ("[1, 2]\n", [], "expected a mapping"),
         ("a: [\n", [], "not valid YAML"),
@@ -54,6 +55,14 @@ def test_bad_configs_are_one_line(tmp_path, yaml_text, overrides, message):
     with pytest.raises(AsrError) as err:
         config.load(Top, f, overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_float_written_without_a_dot_is_a_number(tmp_path):
+    # PyYAML reads 3e-4 (YAML 1.1 wants 3.0e-4) as the string '3e-4'; a float field still gets the number.
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 3e-4\n")
+    assert config.load(Top, f).optim.lr == 3e-4
+    assert config.load(Top, None, ["optim.lr=2E-3"]).optim.lr == 2e-3
 
 
 @dataclass
