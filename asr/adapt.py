@@ -120,7 +120,7 @@ def adapt_speakers(md, data_dir: Path, cfg: DecodeConfig, first: Result, batchin
         else:
             log.info("adapt %s: %d of %d utterances confident (< %d): not adapted", spk, len(sure), len(utts),
                      MIN_UTTS)
-        for names, lp, lens, _ in log_probs_of(spk_md, data_dir, utts, *batching):
+        for names, lp, lens, _ in log_probs_of(spk_md, data_dir, utts, *batching, src=src):
             for u, hyps in zip(names, decoder.decode(lp, lens), strict=True):
                 out[u] = [(h.words, h.score) for h in hyps]
     log.info("adapted %d speaker(s) of %d", adapted, len(set(data.utt2spk.values())))

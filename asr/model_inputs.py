@@ -100,19 +100,21 @@ def _forward(md, names: list[str], feats: list[torch.Tensor]) -> Iterator[Batch]
 
 def log_probs_of(
     md, data_dir: Path, utts: list[str] | None, batch_size: int = BATCH_SIZE, batch_frames: int = BATCH_FRAMES,
-    stats: dict | None = None,
+    stats: dict | None = None, src: ModelInputs | None = None,
 ) -> Iterator[Batch]:
     """Batches ``(utts, log_probs (B, T, V), lengths (B,), n_failed_since_last)`` of a data dir, sorted by length.
 
     A batch holds utterances of similar length (``B x T <= batch_frames``, ``B <= batch_size`` unless 0),
     rows in the data dir's order; an unreadable utterance is logged, counted and left out. ``stats``,
-    if given, gets ``audio_s`` (seconds of audio read) added to.
+    if given, gets ``audio_s`` (seconds of audio read) added to. ``src``: the dir's :class:`ModelInputs`
+    (features through ``md``'s pipeline) when the caller already has one, so that several passes over
+    parts of a dir (one per speaker, asr.adapt) read its index once.
     """
     from asr.dataset import bucket_batches
 
     if batch_frames < 1 or batch_size < 0:
         raise AsrError(f"--batch-frames {batch_frames} must be >= 1 and --batch-size {batch_size} >= 0")
-    src = ModelInputs(md, data_dir)
+    src = src or ModelInputs(md, data_dir)
     utts = list(src.data.utts if utts is None else utts)
     rank = {u: i for i, u in enumerate(utts)}
     pool_frames, pool_utts = POOL_BATCHES * batch_frames, POOL_BATCHES * (batch_size or batch_frames)
