@@ -13,8 +13,9 @@ A hypothesis is confident when its share of the first pass's n-best mass (the so
 :data:`SELECT_NBEST` best scores) is at least ``adapt_min_conf``. The first pass uses the
 configured beam search (LM included) with that n-best; for ``decoder: greedy`` it is an LM-free
 prefix beam search, while the second pass decodes greedily as asked. A speaker with fewer than
-:data:`MIN_UTTS` confident utterances keeps the model as trained; every speaker is decoded by the
-second pass, so the output is always the configured decoder's. ``asr transcribe --one-speaker``
+:data:`MIN_UTTS` confident utterances keeps the model as trained: under the beam decoder its
+first-pass n-best (the same search) is its output, under greedy it is decoded again, so the output is
+always the configured decoder's. ``asr transcribe --one-speaker``
 treats its files as one speaker and adapts to them in the same way (:func:`adapt_transcriber`).
 """
 
@@ -120,6 +121,9 @@ def adapt_speakers(md, data_dir: Path, cfg: DecodeConfig, first: Result, batchin
         else:
             log.info("adapt %s: %d of %d utterances confident (< %d): not adapted", spk, len(sure), len(utts),
                      MIN_UTTS)
+            if cfg.decoder == "beam":  # the first pass was this very search with a longer n-best
+                out.update((u, first[u][: cfg.nbest]) for u in utts)
+                continue
         for names, lp, lens, _ in log_probs_of(spk_md, data_dir, utts, *batching, src=src):
             for u, hyps in zip(names, decoder.decode(lp, lens), strict=True):
                 out[u] = [(h.words, h.score) for h in hyps]
