@@ -17,6 +17,8 @@
 #         10 score      asr score                          -> .../wer, errs.txt, per_spk, scores.json
 #         11 results    asr results                        -> RESULTS.md (+ command, seed, wall times)
 #         12 report     asr report                         -> exp/$(TAG)/report.html
+#         13 transcribe-test  asr transcribe of each test file alone, scored (not in `all`; needs audio)
+#                                                          -> exp/$(TAG)/decode_<set>_<decoder>_files/wer
 #
 # `make` runs all; `make decode` runs what decode needs; `make STAGE=3 STOP_STAGE=5` runs a numbered
 # slice (stages outside it are skipped, their outputs assumed). A stage is skipped when its outputs
@@ -183,7 +185,7 @@ echo "$$(date '+%F %T') stage $$n $$name: done in $$((SECONDS - start))s"
 endef
 q = '$(subst ','\'',$(1))'
 
-.PHONY: all download data augment feats tokens lm train tune decode score results report
+.PHONY: all download data augment feats tokens lm train tune decode score results report transcribe-test
 .DEFAULT_GOAL := all
 all: results report
 
@@ -296,6 +298,31 @@ score: decode
 	  for d in $(DECODERS); do
 	    ref=data/$${s}$(SCORE_REF_SUFFIX)/text; [ $$d = wfst ] && ref=data/$$s/text  # TLG decoding gives words
 	    $(ASR) score $$ref $(EXP)/decode_$${s}_$$d/text --utt2spk data/$$s/utt2spk $(SCORE_OPTS) -o $(EXP)/decode_$${s}_$$d
+	  done
+	done
+	$(stage_done)
+
+# File by file, as a user's 'asr transcribe MODEL a.wav b.wav ...' sees them: each test recording alone,
+# with no speaker known (a cmvn: speaker model takes the file's own stats with the global prior, and nothing
+# is adapted). Not part of 'all': the figure the decode stage cannot give for loose files.
+TRANSCRIBE_OPTS ?=
+files_dirs := $(foreach s,$(DECODE_SETS),$(foreach d,$(DECODERS),$(EXP)/decode_$(s)_$(d)_files))
+transcribe-test: tune
+	@$(call stage,13,transcribe-test,$(EXP) $(DECODE_SETS:%=data/%),$(files_dirs:%=%/wer),$(DECODERS) $(DECODE_SETS) $(TRANSCRIBE_OPTS) $(SCORE_OPTS),2-data 6-lm 7-train 8-tune,$(wildcard $(DECODE_CONF)))
+	for s in $(DECODE_SETS); do
+	  if [ ! -f data/$$s/wav.scp ] || [ -f data/$$s/segments ]; then
+	    echo "transcribe-test: data/$$s has no wav.scp of one recording per utterance (features only, or segments)" >&2; exit 1
+	  fi
+	  for d in $(DECODERS); do
+	    case $$d in
+	      greedy) opts="";;
+	      wfst) opts="--graph $(GRAPH)";;
+	      *) opts="$(call conf_opt,$(DECODE_CONF)) $(if $(LM),--lm $(LM))";;
+	    esac
+	    out=$(EXP)/decode_$${s}_$${d}_files; mkdir -p $$out
+	    $(ASR) transcribe $(EXP) data/$$s/wav.scp --decoder $$d $$opts $(TRANSCRIBE_OPTS) -o $$out/text
+	    ref=data/$${s}$(SCORE_REF_SUFFIX)/text; [ $$d = wfst ] && ref=data/$$s/text
+	    $(ASR) score $$ref $$out/text --utt2spk data/$$s/utt2spk $(SCORE_OPTS) -o $$out
 	  done
 	done
 	$(stage_done)

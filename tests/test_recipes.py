@@ -18,7 +18,7 @@ import soundfile as sf
 import yaml
 
 from asr.cli import build_parser
-from asr.datadir import DataDir, validate_data_dir
+from asr.datadir import DataDir, read_kv, validate_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 EGS = ROOT / "egs"
@@ -438,6 +438,15 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     tuned = yaml.safe_load((exp / "lm_tuned.yaml").read_text())
     used = yaml.safe_load((exp / "decode_test_beam" / "decode.yaml").read_text())
     assert (used["alpha"], used["beta"], used["unk_penalty"]) == (tuned["alpha"], tuned["beta"], tuned["unk_penalty"])
+
+    # transcribe-test (not in 'all'): every test file alone through 'asr transcribe', scored. A global-CMVN
+    # model has no speaker to lose, so greedy gives decode's own text, file for file.
+    proc = make(work, "demo", "SMALL=1", "NJ=1", *ALL_ON, "transcribe-test")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.findall(r"stage (\d+) [\w-]+: .* -> ", proc.stdout) == ["13"], proc.stdout
+    for d in ("greedy", "beam", "wfst"):
+        assert (exp / f"decode_test_{d}_files" / "wer").read_text().startswith("%WER")
+    assert (read_kv(exp / "decode_test_greedy_files" / "text") == read_kv(exp / "decode_test_greedy" / "text"))
 
     # An ablation row shares the data stages (data/ is shared): with the same data settings it skips them,
     # so it never rewrites features under another row's training ...
