@@ -1,8 +1,10 @@
 """A data dir's model inputs and log-posteriors, batched by length: what ``decode``, ``tune-lm``, ``align``
 and speaker adaptation (asr.adapt) all read through a model dir.
 
-Features come from the data dir's ``feats.scp`` through the model dir's load-time pipeline (with the
-dir's own per-speaker stats for a ``cmvn: speaker`` model), else from its audio. An utterance that
+Features come from the data dir's ``feats.scp`` through the model dir's load-time pipeline, else from its
+audio. A ``cmvn: speaker`` model normalises each speaker with the dir's own per-speaker stats: its
+``cmvn.scp``, or, where it has none, stats accumulated in memory from its features or audio, so a dir of
+bare recordings decodes the same way as one through ``make-feats`` and ``compute-cmvn --per-speaker``. An utterance that
 cannot be read is logged with its id and counted; its batch-mates go on.
 """
 
@@ -32,16 +34,48 @@ class ModelInputs:
         self.md, self.data_dir = md, data_dir
         self.data = DataDir.load(data_dir, read_text=False)  # decoding never reads the reference
         self.ds = None
+        # A cmvn: speaker model over a dir without per-speaker stats: each speaker's are accumulated here,
+        # in memory, from the dir's features (or its audio), as 'compute-cmvn --per-speaker' would write them.
+        own_stats = md.feature_config.cmvn == "speaker" and not (Path(data_dir) / "cmvn.scp").is_file()
+        self.pipeline = self._speaker_pipeline() if own_stats else md.pipeline_for(data_dir)
         if self.data.feats_scp is not None:
             from asr.dataset import FeatsDataset
 
-            self.ds = FeatsDataset(data_dir, md.tokens, pipeline=md.pipeline_for(data_dir), need_text=False)
+            self.ds = FeatsDataset(data_dir, md.tokens, pipeline=self.pipeline, need_text=False)
             self.index = {u: i for i, u in enumerate(self.ds.utts)}
-        elif md.feature_config.cmvn == "speaker":
-            raise AsrError(
-                f"{data_dir}: {md.path} normalises per speaker, which needs the dir's features and per-speaker "
-                f"stats: run 'asr make-feats {data_dir}' and 'asr compute-cmvn {data_dir} --per-speaker'"
-            )
+
+    def _speaker_pipeline(self):
+        import kaldiio
+        import numpy as np
+
+        from asr.cmvn import Cmvn, accumulate
+        from asr.features import FeaturePipeline
+
+        stats: dict[str, np.ndarray] = {}
+        if self.data.feats_scp is not None:
+            mats = kaldiio.load_scp_sequential(str(self.data.path / "feats.scp"))
+        else:
+            mats = ((u, x) for u in self.data.utts if (x := self._raw_audio_features(u)) is not None)
+        try:
+            for u, x in mats:
+                spk = self.data.utt2spk.get(u, u)
+                stats[spk] = accumulate(x, stats.get(spk))
+        except (OSError, ValueError) as e:  # read() names the utterance later, where it can skip it
+            log.warning("%s/feats.scp: %s", self.data_dir, e)
+        log.info("%s: no cmvn.scp; per-speaker CMVN stats of its %d speaker(s) computed from its %s", self.data_dir,
+                 len(stats), "features" if self.data.feats_scp is not None else "audio")
+        return FeaturePipeline(self.md.feature_config, Cmvn(global_stats=self.md.pipeline.cmvn.global_stats,
+                                                            speaker_stats=stats))
+
+    def _raw_audio_features(self, u: str):
+        from asr.audio import load_utterance
+        from asr.features import compute_features
+
+        try:
+            return compute_features(load_utterance(self.data, u, self.md.feature_config.sample_rate),
+                                    self.md.feature_config)
+        except AsrError:
+            return None  # read() logs it with its name
 
     def order(self, utts: list[str]) -> list[str]:
         """``utts`` shortest first where every length is known up front, else as given."""
@@ -75,7 +109,12 @@ class ModelInputs:
 
         try:
             wave = load_utterance(self.data, u, cfg.sample_rate)
-            return self.md.features(wave), wave.numel() / cfg.sample_rate
+            if cfg.cmvn != "speaker":
+                return self.md.features(wave), wave.numel() / cfg.sample_rate
+            from asr.features import compute_features
+
+            feats = self.pipeline(compute_features(wave, cfg), self.data.utt2spk.get(u, u))
+            return feats, wave.numel() / cfg.sample_rate
         except AsrError as e:
             msg = str(e)
             raise AsrError(msg if msg.startswith(u) else f"{u}: {msg}") from None

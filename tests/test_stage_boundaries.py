@@ -75,15 +75,30 @@ def test_speaker_cmvn_decodes_with_the_test_sets_own_speaker_stats(speaker_model
     assert not torch.allclose(md.log_probs(wrong)[0], lp, atol=1e-3)
 
 
-def test_speaker_cmvn_without_cmvn_scp_is_one_clear_error(speaker_model, tmp_path, capsys) -> None:
+def test_speaker_cmvn_without_cmvn_scp_or_features_gives_the_same_hypotheses(speaker_model, tmp_path) -> None:
+    # A dir without cmvn.scp, or with audio only, gets each speaker's stats computed in memory: the same
+    # normalisation as 'compute-cmvn --per-speaker', and nothing is written into the dir.
     exp, test_dir, _ = speaker_model
-    bare = tmp_path / "test"
+    assert main(["decode", str(exp), str(test_dir), "--decoder", "greedy", "-o", str(tmp_path / "ref")]) == 0
+    want = (tmp_path / "ref" / "text").read_text()
+    bare = tmp_path / "bare"
     shutil.copytree(test_dir, bare)
-    (bare / "cmvn.scp").unlink()
-    assert main(["decode", str(exp), str(bare), "--decoder", "greedy", "-o", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "cmvn.scp" in err and "--per-speaker" in err, err
-    assert not (tmp_path / "out" / "text").exists()
+    for name in ("cmvn.scp", "cmvn.ark"):
+        (bare / name).unlink()
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name in ("wav.scp", "utt2spk", "spk2utt", "text"):
+        shutil.copy(test_dir / name, audio / name)
+    for d in (bare, audio):
+        before = sorted(p.name for p in d.iterdir())
+        assert main(["decode", str(exp), str(d), "--decoder", "greedy", "-o", str(tmp_path / f"{d.name}.out")]) == 0
+        assert (tmp_path / f"{d.name}.out" / "text").read_text() == want, d.name
+        assert sorted(p.name for p in d.iterdir()) == before
+    # Features from the audio, normalised with stats from the audio: the stored features' log-probs.
+    names, lp, lens, _ = next(log_probs_of(ModelDir.load(exp), audio, None, batch_size=100))
+    ref_names, ref_lp, ref_lens, _ = next(log_probs_of(ModelDir.load(exp), test_dir, None, batch_size=100))
+    assert names == ref_names and torch.equal(lens, ref_lens)
+    torch.testing.assert_close(lp, ref_lp, atol=1e-4, rtol=1e-4)
 
 
 def test_speaker_cmvn_transcribe_of_a_loose_file_uses_its_own_stats_with_the_global_prior(speaker_model) -> None:
