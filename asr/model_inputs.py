@@ -4,8 +4,8 @@ and speaker adaptation (asr.adapt) all read through a model dir.
 Features come from the data dir's ``feats.scp`` through the model dir's load-time pipeline, else from its
 audio. A ``cmvn: speaker`` model normalises each speaker with the dir's own per-speaker stats: its
 ``cmvn.scp``, or, where it has none, stats accumulated in memory from its features or audio, so a dir of
-bare recordings decodes the same way as one through ``make-feats`` and ``compute-cmvn --per-speaker``. An utterance that
-cannot be read is logged with its id and counted; its batch-mates go on.
+bare recordings decodes as one through ``make-feats`` and ``compute-cmvn --per-speaker`` does. An
+utterance that cannot be read is logged with its id and counted; its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class ModelInputs:
             self.index = {u: i for i, u in enumerate(self.ds.utts)}
 
     def _speaker_pipeline(self):
+        """The model's pipeline with each speaker's stats from this dir (audio-only dirs: read twice, once
+        here for the stats and once to decode, rather than holding every utterance's features)."""
         import kaldiio
         import numpy as np
 

@@ -446,7 +446,7 @@ def test_demo_smoke_stage_by_stage(tmp_path):
     assert re.findall(r"stage (\d+) [\w-]+: .* -> ", proc.stdout) == ["13"], proc.stdout
     for d in ("greedy", "beam", "wfst"):
         assert (exp / f"decode_test_{d}_files" / "wer").read_text().startswith("%WER")
-    assert (read_kv(exp / "decode_test_greedy_files" / "text") == read_kv(exp / "decode_test_greedy" / "text"))
+    assert read_kv(exp / "decode_test_greedy_files" / "text") == read_kv(exp / "decode_test_greedy" / "text")
 
     # An ablation row shares the data stages (data/ is shared): with the same data settings it skips them,
     # so it never rewrites features under another row's training ...
