@@ -4,13 +4,15 @@ and speaker adaptation (asr.adapt) all read through a model dir.
 Features come from the data dir's ``feats.scp`` through the model dir's load-time pipeline, else from its
 audio. A ``cmvn: speaker`` model normalises each speaker with the dir's own per-speaker stats: its
 ``cmvn.scp``, or, where it has none, stats accumulated in memory from its features or audio, so a dir of
-bare recordings decodes as one through ``make-feats`` and ``compute-cmvn --per-speaker`` does. An
+bare recordings decodes as one through ``make-feats`` and ``compute-cmvn --per-speaker`` does; a speaker
+of one utterance is normalised as ``asr transcribe`` normalises a loose file. An
 utterance that cannot be read is logged with its id and counted; its batch-mates go on.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,11 @@ class ModelInputs:
         # in memory, from the dir's features (or its audio), as 'compute-cmvn --per-speaker' would write them.
         own_stats = md.feature_config.cmvn == "speaker" and not (Path(data_dir) / "cmvn.scp").is_file()
         self.pipeline = self._speaker_pipeline() if own_stats else md.pipeline_for(data_dir)
+        # A speaker of one utterance (Kaldi's utt2spk for "speaker unknown") is a loose file: its own stats
+        # with the training set's global ones as a prior, exactly as 'asr transcribe' normalises it.
+        counts = Counter(self.data.utt2spk.values())
+        speaker = md.feature_config.cmvn == "speaker"
+        self.loose = {u for u, s in self.data.utt2spk.items() if counts[s] == 1} if speaker else set()
         if self.data.feats_scp is not None:
             from asr.dataset import FeatsDataset
 
@@ -104,14 +111,14 @@ class ModelInputs:
         if self.ds is not None:
             if u not in self.index:
                 raise AsrError(f"{u}: no usable features in {self.data_dir}/feats.scp")
-            x = self.ds[self.index[u]][1]
+            x = self.md.pipeline(self.ds._read(u)) if u in self.loose else self.ds[self.index[u]][1]
             frames = (self.data.utt2num_frames or {}).get(u, x.shape[0] * cfg.subsample)
             return x, frames * cfg.frame_shift_ms / 1000
         from asr.audio import load_utterance
 
         try:
             wave = load_utterance(self.data, u, cfg.sample_rate)
-            if cfg.cmvn != "speaker":
+            if cfg.cmvn != "speaker" or u in self.loose:
                 return self.md.features(wave), wave.numel() / cfg.sample_rate
             from asr.features import compute_features
 

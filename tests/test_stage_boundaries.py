@@ -101,6 +101,30 @@ def test_speaker_cmvn_without_cmvn_scp_or_features_gives_the_same_hypotheses(spe
     torch.testing.assert_close(lp, ref_lp, atol=1e-4, rtol=1e-4)
 
 
+def test_a_speaker_of_one_utterance_is_decoded_as_transcribe_does_a_loose_file(speaker_model, tmp_path) -> None:
+    # utt2spk mapping each utterance to itself (speaker unknown): decode gives transcribe's file-by-file text.
+    exp, test_dir, _ = speaker_model
+    d = tmp_path / "alone"
+    shutil.copytree(test_dir, d)
+    utts = sorted(read_kv(d / "utt2spk"))
+    (d / "utt2spk").write_text("".join(f"{u} {u}\n" for u in utts))
+    (d / "spk2utt").write_text("".join(f"{u} {u}\n" for u in utts))
+    assert main(["compute-cmvn", str(d), "--per-speaker"]) == 0
+    assert main(["decode", str(exp), str(d), "--decoder", "greedy", "-o", str(tmp_path / "dec")]) == 0
+    assert main(["transcribe", str(exp), str(d / "wav.scp"), "--decoder", "greedy", "-o", str(tmp_path / "tr")]) == 0
+    assert read_kv(tmp_path / "dec" / "text") == read_kv(tmp_path / "tr")
+    names, lp, lens, _ = next(log_probs_of(ModelDir.load(exp), d, None, batch_size=100))
+    tr = Transcriber(exp, progress=False)
+    wavs = read_kv(d / "wav.scp")
+    for i, u in enumerate(names):
+        torch.testing.assert_close(tr.posteriors(AudioSource.open(wavs[u], 8000)), lp[i, : lens[i]])
+    # ... where the speakers' own per-utterance stats (no prior) give other posteriors.
+    own = Cmvn.load(d, per_speaker=True)
+    ds = FeatsDataset(d, ModelDir.load(exp).tokens, pipeline=None, need_text=False)
+    x = stack_frames(apply_cmvn(torch.from_numpy(np.array(ds._read(names[0]))), own.speaker_stats[names[0]]), 2, 2)
+    assert not torch.allclose(ModelDir.load(exp).log_probs([x])[0][0], lp[0, : lens[0]], atol=1e-3)
+
+
 def test_speaker_cmvn_transcribe_of_a_loose_file_uses_its_own_stats_with_the_global_prior(speaker_model) -> None:
     exp, _, train_dir = speaker_model
     md = ModelDir.load(exp)
