@@ -36,55 +36,45 @@ class ModelInputs:
         self.md, self.data_dir = md, data_dir
         self.data = DataDir.load(data_dir, read_text=False)  # decoding never reads the reference
         self.ds = None
+        speaker = md.feature_config.cmvn == "speaker"
         # A cmvn: speaker model over a dir without per-speaker stats: each speaker's are accumulated here,
         # in memory, from the dir's features (or its audio), as 'compute-cmvn --per-speaker' would write them.
-        own_stats = md.feature_config.cmvn == "speaker" and not (Path(data_dir) / "cmvn.scp").is_file()
-        self.pipeline = self._speaker_pipeline() if own_stats else md.pipeline_for(data_dir)
-        # A speaker of one utterance (Kaldi's utt2spk for "speaker unknown") is a loose file: its own stats
-        # with the training set's global ones as a prior, exactly as 'asr transcribe' normalises it.
+        own = speaker and not (Path(data_dir) / "cmvn.scp").is_file()
+        self.pipeline = md.pipeline_for(data_dir, self._speaker_stats() if own else None)
+        # A speaker of one utterance (Kaldi's utt2spk for "speaker unknown") is a loose file: no speaker, so
+        # its own stats with the training set's global ones as a prior, exactly as 'asr transcribe' does.
         counts = Counter(self.data.utt2spk.values())
-        speaker = md.feature_config.cmvn == "speaker"
-        self.loose = {u for u, s in self.data.utt2spk.items() if counts[s] == 1} if speaker else set()
+        self.utt2spk = {u: s for u, s in self.data.utt2spk.items() if not speaker or counts[s] > 1}
         if self.data.feats_scp is not None:
             from asr.dataset import FeatsDataset
 
             self.ds = FeatsDataset(data_dir, md.tokens, pipeline=self.pipeline, need_text=False)
+            self.ds.utt2spk = self.utt2spk
             self.index = {u: i for i, u in enumerate(self.ds.utts)}
 
-    def _speaker_pipeline(self):
-        """The model's pipeline with each speaker's stats from this dir (audio-only dirs: read twice, once
-        here for the stats and once to decode, rather than holding every utterance's features)."""
+    def _speaker_stats(self) -> dict:
+        """Each speaker's CMVN stats from this dir's features, else its audio (read again to decode, rather
+        than holding every utterance's features). An unreadable utterance is left to :meth:`read` to name."""
         import kaldiio
-        import numpy as np
 
-        from asr.cmvn import Cmvn, accumulate
-        from asr.features import FeaturePipeline
-
-        stats: dict[str, np.ndarray] = {}
-        if self.data.feats_scp is not None:
-            mats = kaldiio.load_scp_sequential(str(self.data.path / "feats.scp"))
-        else:
-            mats = ((u, x) for u in self.data.utts if (x := self._raw_audio_features(u)) is not None)
-        try:
-            for u, x in mats:
-                spk = self.data.utt2spk.get(u, u)
-                stats[spk] = accumulate(x, stats.get(spk))
-        except (OSError, ValueError) as e:  # read() names the utterance later, where it can skip it
-            log.warning("%s/feats.scp: %s", self.data_dir, e)
-        log.info("%s: no cmvn.scp; per-speaker CMVN stats of its %d speaker(s) computed from its %s", self.data_dir,
-                 len(stats), "features" if self.data.feats_scp is not None else "audio")
-        return FeaturePipeline(self.md.feature_config, Cmvn(global_stats=self.md.pipeline.cmvn.global_stats,
-                                                            speaker_stats=stats))
-
-    def _raw_audio_features(self, u: str):
         from asr.audio import load_utterance
+        from asr.cmvn import accumulate
         from asr.features import compute_features
 
-        try:
-            return compute_features(load_utterance(self.data, u, self.md.feature_config.sample_rate),
-                                    self.md.feature_config)
-        except AsrError:
-            return None  # read() logs it with its name
+        cfg, stats = self.md.feature_config, {}
+        for u in self.data.utts:
+            try:
+                if self.data.feats_scp is not None:
+                    x = kaldiio.load_mat(self.data.feats_scp[u])
+                else:
+                    x = compute_features(load_utterance(self.data, u, cfg.sample_rate), cfg)
+            except (AsrError, OSError, ValueError, KeyError):
+                continue
+            spk = self.data.utt2spk.get(u, u)
+            stats[spk] = accumulate(x, stats.get(spk))
+        log.info("%s: no cmvn.scp; per-speaker CMVN stats of its %d speaker(s) computed from its %s", self.data_dir,
+                 len(stats), "features" if self.data.feats_scp is not None else "audio")
+        return stats
 
     def order(self, utts: list[str]) -> list[str]:
         """``utts`` shortest first where every length is known up front, else as given."""
@@ -111,19 +101,18 @@ class ModelInputs:
         if self.ds is not None:
             if u not in self.index:
                 raise AsrError(f"{u}: no usable features in {self.data_dir}/feats.scp")
-            x = self.md.pipeline(self.ds._read(u)) if u in self.loose else self.ds[self.index[u]][1]
+            x = self.ds[self.index[u]][1]
             frames = (self.data.utt2num_frames or {}).get(u, x.shape[0] * cfg.subsample)
             return x, frames * cfg.frame_shift_ms / 1000
         from asr.audio import load_utterance
 
         try:
             wave = load_utterance(self.data, u, cfg.sample_rate)
-            if cfg.cmvn != "speaker" or u in self.loose:
+            if cfg.cmvn != "speaker":
                 return self.md.features(wave), wave.numel() / cfg.sample_rate
             from asr.features import compute_features
 
-            feats = self.pipeline(compute_features(wave, cfg), self.data.utt2spk.get(u, u))
-            return feats, wave.numel() / cfg.sample_rate
+            return self.pipeline(compute_features(wave, cfg), self.utt2spk.get(u)), wave.numel() / cfg.sample_rate
         except AsrError as e:
             msg = str(e)
             raise AsrError(msg if msg.startswith(u) else f"{u}: {msg}") from None

@@ -220,16 +220,23 @@ class ModelDir:
         config = read_yaml(exp_dir / "config.yaml") if (exp_dir / "config.yaml").is_file() else {}
         return cls(exp_dir, model, tokens, pipeline.cfg, pipeline, config, device)
 
-    def pipeline_for(self, data_dir: str | Path) -> FeaturePipeline:
+    def pipeline_for(self, data_dir: str | Path, speaker_stats: dict | None = None) -> FeaturePipeline:
         """The load-time pipeline for the stored features of ``data_dir``.
 
         As in Kaldi/EESEN (``apply-cmvn --utt2spk``), a model trained with ``cmvn: speaker`` normalises
-        each test speaker with that speaker's own stats, read from ``data_dir/cmvn.scp`` (an error when
-        missing); global and per-utterance models use the model dir's pipeline as it is.
+        each test speaker with that speaker's own stats: ``speaker_stats`` (speaker -> ``(2, D+1)``) when
+        given, else the dir's ``cmvn.scp`` (an error when missing). An utterance with no speaker is a loose
+        file, normalised with the model's global stats as the prior, as :meth:`features` does. Global and
+        per-utterance models use the model dir's pipeline as it is.
         """
         if self.feature_config.cmvn != "speaker":
             return self.pipeline
-        return load_pipeline(self.path, cmvn_dir=data_dir, per_speaker=True)
+        from asr.cmvn import Cmvn
+
+        if speaker_stats is None:
+            speaker_stats = Cmvn.load(data_dir, per_speaker=True).speaker_stats
+        return FeaturePipeline(self.feature_config, Cmvn(global_stats=self.pipeline.cmvn.global_stats,
+                                                         speaker_stats=speaker_stats))
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Audio ``(T,)`` at ``feature_config.sample_rate`` -> model input ``(N', D')`` (extraction + pipeline).
