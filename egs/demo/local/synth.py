@@ -100,7 +100,11 @@ class Espeak:
         lib.espeak_SetSynthCallback(self._callback)
         self.lib = lib
 
-    def say(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+    def say(self, text: str, voice: str, rate: int, pitch: int, seed: int | None = None) -> np.ndarray:
+        """``seed`` seeds espeak-ng's own generator (breathy variants such as f3 draw noise from it), so
+        the samples no longer depend on what was said before; None leaves it running on."""
+        if seed is not None:
+            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"espeak-ng has no voice {voice}")
         self.lib.espeak_SetParameter(ESPEAK_RATE, rate, 0)

@@ -70,17 +70,19 @@ def trim(x: np.ndarray, rel_db: float = -35.0, margin: int = 0) -> np.ndarray:
     return x[max(0, loud[0] - margin):loud[-1] + 1 + margin]
 
 
-def render(tts: synth.Espeak, word: str, voice: str, rng: random.Random,
-           nrng: np.random.Generator, snr_range: tuple[float, float]) -> tuple[np.ndarray, dict]:
-    """One digit in one voice with random settings -> (8 kHz float samples, the settings)."""
+def render(tts: synth.Espeak, word: str, voice: str, rng: random.Random, nrng: np.random.Generator,
+           snr_range: tuple[float, float], sample_rate: int = SAMPLE_RATE,
+           tts_seed: int | None = None) -> tuple[np.ndarray, dict]:
+    """One digit (or any text) in one voice with random settings -> (float samples at ``sample_rate``, the
+    settings); ``tts_seed`` seeds espeak-ng's own noise (``synth.Espeak.say``)."""
     s = {"rate": rng.randint(120, 260), "pitch": rng.randint(15, 85), "punct": rng.choice(["", ".", "!", "?", ","]),
          "tilt": round(rng.uniform(-0.5, 0.7), 2), "peak": round(10 ** rng.uniform(-1.5, -0.05), 3),
          "snr": round(rng.uniform(*snr_range), 1), "margin_ms": rng.randint(0, 60)}
-    x = tts.say(word.lower() + s["punct"], voice, s["rate"], s["pitch"]).astype(np.float32) / 32768.0
+    x = tts.say(word.lower() + s["punct"], voice, s["rate"], s["pitch"], seed=tts_seed).astype(np.float32) / 32768.0
     if x.size == 0 or not np.any(x):
-        raise AsrError(f"espeak-ng gave no audio for {word} in voice {voice}")
-    x = AF.resample(torch.from_numpy(x), tts.rate, SAMPLE_RATE).numpy()
-    x = trim(x, margin=s["margin_ms"] * SAMPLE_RATE // 1000)
+        raise AsrError(f"espeak-ng gave no audio for {word!r} in voice {voice}")
+    x = AF.resample(torch.from_numpy(x), tts.rate, sample_rate).numpy()
+    x = trim(x, margin=s["margin_ms"] * sample_rate // 1000)
     x = np.append(x[:1], x[1:] - s["tilt"] * x[:-1])  # first-order pre-/de-emphasis: a different channel
     if np.isfinite(s["snr"]):
         x = synth.add_noise(x, s["snr"], nrng)
