@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,21 +21,22 @@ WORDS = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT",
 
 def test_synth_digits_data_dir(tmp_path):
     pytest.importorskip("espeakng_loader", reason="synthetic speakers need espeakng-loader (pip install -e '.[demo]')")
-    # Two runs at once, each in a fresh process: espeak-ng's output depends on what the process said
-    # before, so determinism means the same bytes from the same command, not from any one call.
+    # Two runs, each in a fresh process. Seed 2's five voices include en+f3, a breathy variant
+    # that draws from espeak-ng's own noise generator: without a per-utterance seed it differs per run.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     runs = [tmp_path / "a", tmp_path / "b"]
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--max-voices", "5", "--utts-per-voice", "4",
-                               "--seed", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for out in runs]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    for i, out in enumerate(runs):
+        if i:
+            time.sleep(1.1)  # unseeded, espeak-ng's noise differs between runs a second apart (not at once)
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--max-voices", "5", "--utts-per-voice", "4",
+                               "--seed", "2"], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
     a = runs[0]
     assert validate_data_dir(a, need_audio=True) == []
     d = DataDir.load(a)
     assert len(d.utts) == 20 and len(d.spk2utt) == 5
     assert all(spk.startswith("tts-en") for spk in d.spk2utt)
+    assert "tts-en_f3" in d.spk2utt
     assert all(utt.startswith(d.utt2spk[utt] + "-") for utt in d.utts)
     # Round-robin digits: 20 utterances say each digit twice.
     texts = sorted(d.text.values())

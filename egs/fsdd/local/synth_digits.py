@@ -13,8 +13,8 @@ Writes ``OUT/wav/<speaker>/<utt>.wav`` (8 kHz, 16-bit) and the data dir ``OUT`` 
 absolute paths, text, utt2spk, spk2utt, utt2synth with each utterance's settings). Speakers are
 ``tts-<accent>_<variant>``, utterance ids ``<speaker>-<k>``. Deterministic: the same command (and
 espeakng-loader version) writes the same bytes. Every voice draws its settings from its own generator,
-seeded by ``--seed`` and the voice, but espeak-ng's samples also depend on what the process synthesised
-before, so the audio of one voice is reproducible only within the same run order.
+seeded by ``--seed`` and the voice, and every utterance seeds espeak-ng's own noise generator, which the
+breathy variants (f2, f3, Alicia, ...) draw from; before, those voices differed from run to run.
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.utts_per_voice):
             word = WORDS[n % len(WORDS)]
             n += 1
-            wave, s = render(tts, word, voice, rng, nrng, snr_range)
             utt = f"{spk}-{k:02d}"
+            wave, s = render(tts, word, voice, rng, nrng, snr_range,
+                             tts_seed=random.Random(f"tts-{args.seed}-{utt}").getrandbits(31))
             wav = out / "wav" / spk / f"{utt}.wav"
             with atomic_path(wav) as tmp:
                 sf.write(tmp, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
