@@ -65,7 +65,38 @@ def test_synth_sentences_bad_input(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "nope/text: no such file" in res.stderr
     res = run(str(tmp_path), str(tmp_path / "out"), "--copies", "0")
-    assert res.returncode != 0 and "--copies 0: must be at least 1" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode != 0 and "--copies 0 --mixed 0: need copies or mixed" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_synth_sentences_mixed(tmp_path):
+    """--mixed N: N new sentences of the training words only, as long as training sentences, seeded."""
+    pytest.importorskip("espeakng_loader", reason="synthetic readers need espeakng-loader (pip install -e '.[demo]')")
+    src = tmp_path / "train"
+    write_data_dir(src, wav_scp={u: "/nonexistent.wav" for u in SENTENCES}, text=SENTENCES,
+                   utt2spk={u: u.split("-")[0] for u in SENTENCES})
+    vocab = {w for words in SENTENCES.values() for w in words.split()}
+    lengths = {len(words.split()) for words in SENTENCES.values()}
+    texts = []
+    for out, seed in ((tmp_path / "a", "1"), (tmp_path / "b", "1"), (tmp_path / "c", "2")):
+        res = run(str(src), str(out), "--copies", "0", "--mixed", "12", "--seed", seed)
+        assert res.returncode == 0, res.stderr
+        assert validate_data_dir(out, need_audio=True) == []
+        d = DataDir.load(out)
+        by_k = {int(utt.rsplit("-mix", 1)[1]): utt for utt in d.utts}
+        assert sorted(by_k) == list(range(12)) and all(utt.endswith(f"-mix{k:02d}") for k, utt in by_k.items())
+        texts.append([d.text[by_k[k]] for k in range(12)])
+        for words in texts[-1]:
+            assert set(words.split()) <= vocab and len(words.split()) in lengths, words
+    assert texts[0] == texts[1] and texts[0] != texts[2]
+    # 12 word types in orders of 4-5: nearly all are word sequences that no training sentence has.
+    assert len(set(texts[0]) - set(SENTENCES.values())) >= 10
+    # Copies and mixed sentences together: every training sentence once, and two mixed ones.
+    res = run(str(src), str(tmp_path / "d"), "--copies", "1", "--mixed", "2", "--seed", "1")
+    assert res.returncode == 0, res.stderr
+    both = DataDir.load(tmp_path / "d")
+    assert len(both.utts) == 5
+    assert sorted(t for u, t in both.text.items() if "-mix" not in u) == sorted(SENTENCES.values())
 
 
 def test_so762_synth_recipe_wiring():
@@ -83,3 +114,8 @@ def test_so762_synth_recipe_wiring():
     assert dry.returncode == 0, dry.stderr
     assert "local/synth_sentences.py data/train data/synth2 --copies 2 --seed 4 " in dry.stdout
     assert "combine-data-dirs data/train_synth2 data/train $parts" in dry.stdout
+    assert var("SYNTH=1", "SYNTH_MIXED=500") == "train_synth1_mix500"
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "speechocean762"), "SYNTH=0", "SYNTH_MIXED=500",
+                          "augment"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "synth_sentences.py data/train data/synth0_mix500 --copies 0 --mixed 500 --seed 1 " in dry.stdout
