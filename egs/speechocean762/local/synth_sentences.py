@@ -8,16 +8,17 @@ text) ``--copies`` times, each time in another of FSDD's 696 human-sounding espe
 rate, pitch, intonation, spectral tilt, level and noise, at 16 kHz. Voices are dealt out round-robin
 over a seeded shuffle, so every voice reads about as many sentences as every other.
 
-Copies of the same 1,130 sentences also teach the model those sentences' letter sequences, which the
-test sentences (almost none of them in training) do not share. ``--mixed N`` adds N new sentences, each
-read once: the training words in random order, drawn uniformly from the training vocabulary (so rare
-words are heard as often as common ones), each sentence as long as a randomly drawn training sentence.
+Copies of the same 1,130 sentences may also teach the model those sentences' letter sequences, which
+the test sentences (almost none of them in training) do not share. ``--mixed N`` adds N new sentences,
+each read once: the training words in random order, drawn uniformly from the training vocabulary (so
+rare words are heard as often as common ones), each as long as a randomly drawn training sentence.
+Measured on speechocean762 it did no better than copies (RESULTS.md, ablation), so it is off by default.
 
 Writes ``OUT/wav/<speaker>/<utt>.wav`` (16 kHz, 16-bit) and the data dir ``OUT`` (wav.scp with absolute
 paths, text, utt2spk, spk2utt, utt2synth with each utterance's settings). Speakers are
 ``tts-<accent>_<variant>``, utterance ids ``<speaker>-<source utterance>`` (``<speaker>-mix<k>`` for
-the mixed ones). The same command writes the
-same bytes: every utterance seeds espeak-ng's own noise generator from its settings.
+the mixed ones). The same command writes the same bytes: every utterance seeds espeak-ng's own noise
+generator from its settings.
 """
 
 from __future__ import annotations
