@@ -107,10 +107,10 @@ def test_so762_synth_recipe_wiring():
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    # On by default for chars only: phone and BPE units were not measured with synthetic readers.
-    assert var() == "train_synth2"
-    assert var("SYNTH=") == "train"
-    assert var("UNIT=phone") == "train" and var("UNIT=bpe") == "train"
+    # On by default for chars and phones; BPE units were not measured with synthetic readers.
+    assert var() == "train_synth2" and var("UNIT=phone") == "train_synth2"
+    assert var("SYNTH=") == "train" and var("UNIT=phone", "SYNTH=") == "train"
+    assert var("UNIT=bpe") == "train"
     assert var("SYNTH=2") == "train_synth2"
     dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "speechocean762"), "SYNTH=2", "SYNTH_SEED=4",
                           "augment"], capture_output=True, text=True, timeout=60)
