@@ -70,23 +70,35 @@ def trim(x: np.ndarray, rel_db: float = -35.0, margin: int = 0) -> np.ndarray:
     return x[max(0, loud[0] - margin):loud[-1] + 1 + margin]
 
 
+def channel_settings(rng: random.Random, snr_range: tuple[float, float]) -> dict:
+    """Random recording settings of one utterance: spectral tilt, peak level, SNR and kept silence."""
+    return {"tilt": round(rng.uniform(-0.5, 0.7), 2), "peak": round(10 ** rng.uniform(-1.5, -0.05), 3),
+            "snr": round(rng.uniform(*snr_range), 1), "margin_ms": rng.randint(0, 60)}
+
+
+def apply_channel(x: np.ndarray, rate: int, s: dict, nrng: np.random.Generator,
+                  sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A synthesiser's float samples ``(n,)`` at ``rate`` -> FSDD-like samples at ``sample_rate``: resampled,
+    trimmed of silence like FSDD (keeping ``margin_ms``), tilted, noised and scaled as ``s`` says."""
+    x = AF.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), rate, sample_rate).numpy()
+    x = trim(x, margin=s["margin_ms"] * sample_rate // 1000)
+    x = np.append(x[:1], x[1:] - s["tilt"] * x[:-1])  # first-order pre-/de-emphasis: a different channel
+    if np.isfinite(s["snr"]):
+        x = synth.add_noise(x, s["snr"], nrng)
+    return (x * (s["peak"] / (float(np.abs(x).max()) or 1.0))).astype(np.float32)
+
+
 def render(tts: synth.Espeak, word: str, voice: str, rng: random.Random, nrng: np.random.Generator,
            snr_range: tuple[float, float], sample_rate: int = SAMPLE_RATE,
            tts_seed: int | None = None) -> tuple[np.ndarray, dict]:
     """One digit (or any text) in one voice with random settings -> (float samples at ``sample_rate``, the
     settings); ``tts_seed`` seeds espeak-ng's own noise (``synth.Espeak.say``)."""
-    s = {"rate": rng.randint(120, 260), "pitch": rng.randint(15, 85), "punct": rng.choice(["", ".", "!", "?", ","]),
-         "tilt": round(rng.uniform(-0.5, 0.7), 2), "peak": round(10 ** rng.uniform(-1.5, -0.05), 3),
-         "snr": round(rng.uniform(*snr_range), 1), "margin_ms": rng.randint(0, 60)}
+    s = {"rate": rng.randint(120, 260), "pitch": rng.randint(15, 85), "punct": rng.choice(["", ".", "!", "?", ","])}
+    s.update(channel_settings(rng, snr_range))
     x = tts.say(word.lower() + s["punct"], voice, s["rate"], s["pitch"], seed=tts_seed).astype(np.float32) / 32768.0
     if x.size == 0 or not np.any(x):
         raise AsrError(f"espeak-ng gave no audio for {word!r} in voice {voice}")
-    x = AF.resample(torch.from_numpy(x), tts.rate, sample_rate).numpy()
-    x = trim(x, margin=s["margin_ms"] * sample_rate // 1000)
-    x = np.append(x[:1], x[1:] - s["tilt"] * x[:-1])  # first-order pre-/de-emphasis: a different channel
-    if np.isfinite(s["snr"]):
-        x = synth.add_noise(x, s["snr"], nrng)
-    return (x * (s["peak"] / (float(np.abs(x).max()) or 1.0))).astype(np.float32), s
+    return apply_channel(x, tts.rate, s, nrng, sample_rate), s
 
 
 def main(argv: list[str] | None = None) -> int:
