@@ -103,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     speed = tuple(map(float, args.speed.split(":")))
     snr_range = tuple(map(float, args.snr.split(":")))
     out = args.out.resolve()
-    # Every fold of SPLIT=loso adds the same speakers: synthesise once (~0.4 s an utterance), reuse after.
+    # Every fold of SPLIT=loso adds the same speakers: synthesise once (~0.5 s an utterance), reuse after.
     code = b"".join(Path(f).read_bytes() for f in (__file__, synth_digits.__file__))
     done = f"{hashlib.sha256(code).hexdigest()} {vars(args) | {'out': str(out)}}\n"
     if (out / "wav.scp").exists() and (out / ".args").exists() and (out / ".args").read_text() == done:
         print(f"neural_digits.py: {args.out}: up to date")
         return 0
+    # Unstamped while rewriting: a run stopped midway must not look finished to its old arguments.
+    (out / ".args").unlink(missing_ok=True)
     tts = Kokoro(args.threads)
     wav_scp, text, utt2spk, info = {}, {}, {}, {}
     n = 0
