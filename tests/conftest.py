@@ -21,3 +21,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real corpora not found at {SHARED_DATA} (set ASR_SHARED_DATA or put ../shared beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def recipe_make():
+    """``recipe_make(recipe, *args)``: ``make -s -C egs/<recipe> ARGS`` -> its stdout, failing the test with
+    make's stderr where it exits non-zero (for wiring checks: ``print-VAR``, ``-n <stage>``)."""
+    import subprocess
+
+    def run(recipe: str, *args: str) -> str:
+        out = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / recipe), *args], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    return run

@@ -92,20 +92,15 @@ def test_neural_digits_without_the_extra(monkeypatch):
         mod.Kokoro()
 
 
-def test_fsdd_neural_recipe_wiring():
+def test_fsdd_neural_recipe_wiring(recipe_make):
     """NEURAL= names the training data and runs neural_digits.py after synth_digits.py in stage 3."""
     def var(*args: str) -> str:
-        out = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), *args, "print-TRAIN_DATA"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
+        return recipe_make("fsdd", *args, "print-TRAIN_DATA").strip()
 
     assert var("SPLIT=spk") == "train_spk_noise10_20_synth3"  # off by default
     assert var("SPLIT=spk", "NEURAL=200") == "train_spk_noise10_20_synth3_kokoro200"
     assert var("SYNTH=", "NOISE_SNR=", "NEURAL=50") == "train_kokoro50"
-    dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "fsdd"), "SPLIT=spk", "NEURAL=200",
-                          "NEURAL_OPTS=--speed 0.9:1.1", "augment"], capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0, dry.stderr
-    assert ("local/synth_digits.py data/synth3 --utts-per-voice 3 --seed 1 ; " in dry.stdout
-            and "local/neural_digits.py data/kokoro200 --voices 200 --seed 1 --speed 0.9:1.1" in dry.stdout)
-    assert 'parts="$parts data/synth3 data/kokoro200"' in dry.stdout
+    dry = recipe_make("fsdd", "-n", "SPLIT=spk", "NEURAL=200", "NEURAL_OPTS=--speed 0.9:1.1", "augment")
+    assert ("local/synth_digits.py data/synth3 --utts-per-voice 3 --seed 1 ; " in dry
+            and "local/neural_digits.py data/kokoro200 --voices 200 --seed 1 --speed 0.9:1.1" in dry)
+    assert 'parts="$parts data/synth3 data/kokoro200"' in dry

@@ -57,14 +57,10 @@ def test_real_speakers_bad_corpus_is_one_line(tmp_path):
     assert f"{tmp_path}/train/wav.scp" in out.stderr and "SO762_DIR" in out.stderr
 
 
-def _make(*args: str) -> str:
-    out = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), *args], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+def test_fsdd_real_speakers_recipe_wiring(recipe_make):
+    def _make(*args: str) -> str:
+        return recipe_make("fsdd", *args)
 
-
-def test_fsdd_real_speakers_recipe_wiring():
     so = "SO762_DIR=/corpora/speechocean762"
     assert _make("SPLIT=loso1", "TEST_SPEAKERS=nicolas", so, "print-TRAIN_DATA").strip() == \
         "train_loso_nicolas_noise10_20_synth3_so762"

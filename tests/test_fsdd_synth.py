@@ -55,13 +55,10 @@ def test_synth_digits_data_dir(tmp_path):
     assert (a / "utt2synth").read_text() == (runs[1] / "utt2synth").read_text()
 
 
-def test_fsdd_synth_recipe_wiring():
+def test_fsdd_synth_recipe_wiring(recipe_make):
     """SYNTH= names the training data and puts synth_digits.py (seeded by SYNTH_SEED) into stage 3."""
     def var(*args: str) -> str:
-        out = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), *args, "print-TRAIN_DATA"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
+        return recipe_make("fsdd", *args, "print-TRAIN_DATA").strip()
 
     assert var("SPLIT=spk", "SYNTH=3") == "train_spk_noise10_20_synth3"  # the pink-noise copy: on by default
     assert var("SPLIT=spk", "SYNTH=3", "NOISE_SNR=10") == "train_spk_noise10_synth3"
@@ -72,9 +69,7 @@ def test_fsdd_synth_recipe_wiring():
     assert var("NOISE_SNR=") == "train_synth3"
     assert var("SPLIT=spk", "SYNTH=") == "train_spk_noise10_20"
     assert var("SYNTH=", "NOISE_SNR=") == "train"
-    dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "fsdd"), "SPLIT=spk", "SYNTH=3", "augment"],
-                         capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0, dry.stderr
-    assert "local/synth_digits.py data/synth3 --utts-per-voice 3 --seed 1 " in dry.stdout
-    assert 'parts="$parts data/synth3"' in dry.stdout
-    assert "combine-data-dirs data/train_spk_noise10_20_synth3 data/train_spk $parts" in dry.stdout
+    dry = recipe_make("fsdd", "-n", "SPLIT=spk", "SYNTH=3", "augment")
+    assert "local/synth_digits.py data/synth3 --utts-per-voice 3 --seed 1 " in dry
+    assert 'parts="$parts data/synth3"' in dry
+    assert "combine-data-dirs data/train_spk_noise10_20_synth3 data/train_spk $parts" in dry

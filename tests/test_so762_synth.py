@@ -99,26 +99,19 @@ def test_synth_sentences_mixed(tmp_path):
     assert sorted(t for u, t in both.text.items() if "-mix" not in u) == sorted(SENTENCES.values())
 
 
-def test_so762_synth_recipe_wiring():
+def test_so762_synth_recipe_wiring(recipe_make):
     """SYNTH= names the training data, and stage 3 reads the training set's text only (not dev's or test's)."""
     def var(*args: str) -> str:
-        out = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "speechocean762"), *args, "print-TRAIN_DATA"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
+        return recipe_make("speechocean762", *args, "print-TRAIN_DATA").strip()
 
     # On by default for chars and phones; BPE units were not measured with synthetic readers.
     assert var() == "train_synth2" and var("UNIT=phone") == "train_synth2"
     assert var("SYNTH=") == "train" and var("UNIT=phone", "SYNTH=") == "train"
     assert var("UNIT=bpe") == "train"
     assert var("SYNTH=2") == "train_synth2"
-    dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "speechocean762"), "SYNTH=2", "SYNTH_SEED=4",
-                          "augment"], capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0, dry.stderr
-    assert "local/synth_sentences.py data/train data/synth2 --copies 2 --seed 4 " in dry.stdout
-    assert "combine-data-dirs data/train_synth2 data/train $parts" in dry.stdout
+    dry = recipe_make("speechocean762", "-n", "SYNTH=2", "SYNTH_SEED=4", "augment")
+    assert "local/synth_sentences.py data/train data/synth2 --copies 2 --seed 4 " in dry
+    assert "combine-data-dirs data/train_synth2 data/train $parts" in dry
     assert var("SYNTH=1", "SYNTH_MIXED=500") == "train_synth1_mix500"
-    dry = subprocess.run(["make", "-n", "-C", str(ROOT / "egs" / "speechocean762"), "SYNTH=0", "SYNTH_MIXED=500",
-                          "augment"], capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0, dry.stderr
-    assert "synth_sentences.py data/train data/synth0_mix500 --copies 0 --mixed 500 --seed 1 " in dry.stdout
+    dry = recipe_make("speechocean762", "-n", "SYNTH=0", "SYNTH_MIXED=500", "augment")
+    assert "synth_sentences.py data/train data/synth0_mix500 --copies 0 --mixed 500 --seed 1 " in dry
