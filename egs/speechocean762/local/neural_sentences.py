@@ -127,10 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     oov = sorted({w for _, words in sentences for w in words.split() if w not in lexicon})
     if oov:
         raise AsrError(f"{args.lexicon}: no pronunciation of {len(oov)} training words, e.g. {oov[:5]}")
-    base = neural_digits.Kokoro(threads=1)
-    weights = neural_digits.blends(args.voices, len(base.names), args.seed)
-    names = base.names
-    del base
+    names = neural_digits.Kokoro().names  # the voices only: each worker loads the model itself
+    weights = neural_digits.blends(args.voices, len(names), args.seed)
     order = list(range(args.voices))
     random.Random(f"order-{args.seed}").shuffle(order)
     out = args.out.resolve()
