@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,demo,export,graph,lhotse,tensorboard,tts]'
+	$(BIN)/pip install -q -e '.[test,demo,export,graph,lhotse,tensorboard,tts,pretrained]'
 	touch $@
 
 # Comparison decoders for the parity tests and benchmarks (the `compare` extra). pyctcdecode pins

@@ -44,7 +44,8 @@ class FeatureConfig:
     carries its feature definition.
     """
 
-    kind: Literal["fbank", "mfcc", "precomputed"] = "fbank"
+    # whisper: the frozen encoder of Whisper base (asr.whisper_encoder), 512-dim at 20 ms, 16 kHz input
+    kind: Literal["fbank", "mfcc", "whisper", "precomputed"] = "fbank"
     backend: Literal["kaldi", "torchaudio"] = "kaldi"
     sample_rate: int = 16000
     num_mel_bins: int = 80
@@ -79,6 +80,10 @@ class FeatureConfig:
             raise ValueError("delta_window, stack and subsample must be >= 1")
         if self.sample_rate <= 0 or self.frame_shift_ms <= 0 or self.frame_length_ms <= 0:
             raise ValueError("sample_rate, frame_length_ms and frame_shift_ms must be positive")
+        frames = (self.sample_rate, self.frame_length_ms, self.frame_shift_ms)
+        if self.kind == "whisper" and frames != (16000, 25.0, 20.0):
+            # The encoder fixes these; the fields describe its output frames for every later stage.
+            raise ValueError("kind: whisper needs sample_rate: 16000, frame_length_ms: 25.0, frame_shift_ms: 20.0")
 
     @property
     def window_samples(self) -> int:
@@ -94,6 +99,10 @@ class FeatureConfig:
             return self.num_mel_bins + int(self.use_energy)
         if self.kind == "mfcc":
             return self.num_ceps
+        if self.kind == "whisper":
+            from asr.whisper_encoder import DIM
+
+            return DIM
         return None
 
 
@@ -228,6 +237,10 @@ def compute_features(wave: torch.Tensor, cfg: FeatureConfig, name: str = "uttera
         raise AsrError(f"{name}: expected mono audio (T,), got shape {tuple(wave.shape)}")
     if wave.numel() < cfg.window_samples:
         raise AsrError(f"{name}: {wave.numel()} samples, fewer than one {cfg.window_samples}-sample window")
+    if cfg.kind == "whisper":
+        from asr import whisper_encoder
+
+        return whisper_encoder.encode(wave, name)
     x = wave.float() * cfg.waveform_scale
     with torch.no_grad():
         if _KaldiFast.handles(cfg):

@@ -90,7 +90,7 @@ def test_missing_file(tmp_path):
 def _conf_class(path: Path):
     """The dataclass each shipped config is for, decided by its file name."""
     name = path.stem
-    if name in ("fbank", "mfcc") or name.startswith(("fbank", "mfcc")):
+    if name.startswith(("fbank", "mfcc", "whisper")):
         from asr.features import FeatureConfig
         return FeatureConfig
     if name.startswith(("blstm", "train", "specaug")):
