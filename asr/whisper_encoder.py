@@ -98,12 +98,13 @@ def encode(wave: torch.Tensor, name: str = "utterance") -> torch.Tensor:
     if mel.shape[1] < 2:
         raise AsrError(f"{name}: {wave.numel()} samples, too short for the Whisper encoder (2 frames)")
     model = _model(max(1, torch.get_num_threads()))
+    silence = mel.max() - 2.0  # the log-mel floor: 8 below the log max, i.e. 2 below the scaled max
     pieces = []
     for start in range(0, mel.shape[1], MAX_MEL_FRAMES):
         piece = mel[:, start : start + MAX_MEL_FRAMES]
         n = piece.shape[1]
-        if n < MIN_MEL_FRAMES:  # silence is the floor: 8 below the log max, i.e. 2 below the scaled max
-            piece = np.pad(piece, ((0, 0), (0, MIN_MEL_FRAMES - n)), constant_values=mel.max() - 2.0)
+        if n < MIN_MEL_FRAMES:
+            piece = np.pad(piece, ((0, 0), (0, MIN_MEL_FRAMES - n)), constant_values=silence)
         out = model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(piece[None])), to_cpu=True)
         pieces.append(torch.from_numpy(np.array(out)[0, : (n + 1) // 2]))
     return torch.cat(pieces).float()
