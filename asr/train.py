@@ -140,6 +140,8 @@ def _datasets(cfg: TrainConfig, data_dir: Path, dev_dir: Path, lang_dir: Path) -
     pipeline = load_pipeline(data_dir)
     if cfg.vtlp.enabled:
         vtlp_first_bin(pipeline.cfg)  # MFCC / precomputed features have no mel axis: one clear error, up front
+    if cfg.model.frontend == "conv2d" and pipeline.cfg.kind == "whisper":  # encoder channels have no frequency order
+        raise AsrError(f"{data_dir}: model.frontend conv2d reads mel bins, kind: whisper has none; use frontend=none")
     train_cfg_feats, dev_cfg_feats = to_dict(read_feature_config(data_dir)), to_dict(read_feature_config(dev_dir))
     if train_cfg_feats != dev_cfg_feats:
         raise AsrError(f"{dev_dir}/feats.yaml: differs from {data_dir}/feats.yaml; make dev features the same way")
@@ -430,10 +432,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a BiLSTM-CTC model into EXP_DIR (rerun to resume)")
-    p.add_argument("data_dir")
-    p.add_argument("dev_dir")
-    p.add_argument("lang_dir")
-    p.add_argument("exp_dir")
+    for name in ("data_dir", "dev_dir", "lang_dir", "exp_dir"):
+        p.add_argument(name)
     p.add_argument(
         "--conf",
         action="append",

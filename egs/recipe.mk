@@ -156,7 +156,8 @@ TUNE_LM ?= 1
 TUNE_OPTS ?=
 LM := $(if $(or $(LM_ARPA),$(LM_ORDER)),data/lm/lm.arpa)
 # A config file that does not exist yet means the tool's built-in defaults.
-conf_opt = $(if $(wildcard $(1)),--conf $(1))
+# A config may be several YAML fragments, merged left to right (asr train --conf a --conf b).
+conf_opt = $(foreach f,$(wildcard $(1)),--conf $(f))
 # A CORPUS_DIR given on the command line (or environment) is someone's copy: never write into it.
 CORPUS_GIVEN := $(filter command environment,$(firstword $(origin CORPUS_DIR)))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA
 from trainutil import DIGITS, lang_dir
 
 from asr import whisper_encoder
@@ -19,7 +21,7 @@ from asr.errors import AsrError
 from asr.features import FeatureConfig, compute_features
 from asr.make_feats import make_feats
 from asr.modeldir import ModelDir
-from asr.train import TrainConfig, train
+from asr.train import TrainConfig, load_train_config, train
 from asr.transcribe import Transcriber
 
 needs_extra = pytest.mark.skipif(not whisper_encoder.available(), reason="the pretrained extra is not installed")
@@ -104,6 +106,10 @@ def test_train_then_decode_and_transcribe_compute_the_same_whisper_features(tmp_
         dirs[name] = d
     assert read_yaml(dirs["train"] / "feats.yaml")["kind"] == "whisper"
     lang = lang_dir(dirs["train"], tmp_path / "lang")
+    # A conv front-end would read the 512 encoder channels as mel bins: refused before anything trains.
+    conv = from_dict(TrainConfig, apply_overrides({}, ["model.frontend=conv2d"]))
+    with pytest.raises(AsrError, match="frontend conv2d reads mel bins"):
+        train(dirs["train"], dirs["train"], lang, tmp_path / "exp_conv", conv)
     cfg = from_dict(TrainConfig, apply_overrides({}, ["model.num_layers=1", "model.hidden=16", "max_epochs=1",
                                                       "schedule.name=none", "average=last", "average_n=1"]))
     train(dirs["train"], dirs["train"], lang, tmp_path / "exp", cfg)
@@ -134,3 +140,23 @@ def test_a_short_utterance_is_encoded_as_if_followed_by_silence(monkeypatch) -> 
     monkeypatch.setattr(whisper_encoder, "MIN_MEL_FRAMES", 0)
     alone = torch.nn.functional.cosine_similarity(got, whisper_encoder.encode(wave))
     assert alone.mean() < 0.8, alone
+
+
+def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make) -> None:
+    """FEATS=whisper: make-feats reads conf/whisper.yaml, training merges conf/train_whisper.yaml over
+    conf/train.yaml (FSDD's conv front-end off, the rest kept), and the model dir is not the fbank one's."""
+    fsdd = ROOT / "egs" / "fsdd" / "conf"
+    def commands(*args: str) -> dict[str, str]:  # the dry run's make-feats and train lines
+        lines = recipe_make("fsdd", "-n", "FORCE=all", *args, "train").splitlines()
+        return {c: next(ln for ln in lines if f"asr {c} " in ln) for c in ("make-feats", "train")}
+
+    whisper, fbank = commands("FEATS=whisper"), commands()
+    assert "--conf ./conf/whisper.yaml " in whisper["make-feats"] and "--conf ./conf/fbank.yaml " in fbank["make-feats"]
+    assert "exp/char_official-whisper --conf ./conf/train.yaml --conf ./conf/train_whisper.yaml " in whisper["train"]
+    assert "exp/char_official --conf ./conf/train.yaml --set" in fbank["train"]
+    cfg = load_train_config([fsdd / "train.yaml", fsdd / "train_whisper.yaml"])
+    assert cfg.model.frontend == "none" and cfg.model.dropout == 0.3 and cfg.average_n == 10
+    assert recipe_make("speechocean762", "FEATS=whisper", "print-FEATS_CONF").strip().endswith("conf/whisper.yaml")
+    bad = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), "FEATS=whsper", "print-TAG"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "FEATS=whsper: expected fbank or whisper" in bad.stderr
