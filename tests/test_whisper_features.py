@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,11 @@ def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make)
     cfg = load_train_config([fsdd / "train.yaml", fsdd / "train_whisper.yaml"])
     assert cfg.model.frontend == "none" and cfg.model.dropout == 0.3 and cfg.average_n == 10
     assert recipe_make("speechocean762", "FEATS=whisper", "print-FEATS_CONF").strip().endswith("conf/whisper.yaml")
+    so762 = recipe_make("speechocean762", "FEATS=whisper", "print-TRAIN_CONF").split()
+    assert [Path(f).name for f in so762] == ["train.yaml", "train_whisper.yaml"]
+    so_conf = ROOT / "egs" / "speechocean762" / "conf"
+    so_cfg = load_train_config([so_conf / "train.yaml", so_conf / "train_whisper.yaml"])
+    assert so_cfg.max_epochs == 12 and so_cfg.average_metric == "dev_cer" and so_cfg.specaug  # the rest kept
     bad = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), "FEATS=whsper", "print-TAG"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "FEATS=whsper: expected fbank or whisper" in bad.stderr
