@@ -75,7 +75,7 @@ DECODERS ?= greedy beam
 # model on each test speaker's confident first-pass hypotheses for N epochs, then decodes that speaker
 # again (Kaldi's two-pass speaker-adapted decoding). Greedy stays the model as trained; empty = off.
 ADAPT_EPOCHS ?=
-TAG ?= $(UNIT)_$(basename $(notdir $(TRAIN_CONF)))
+TAG ?= $(UNIT)_$(basename $(notdir $(firstword $(TRAIN_CONF))))
 # One token table per unit: char and phone runs of a recipe must not overwrite each other's.
 LANG_DIR ?= data/lang$(if $(filter char,$(UNIT)),,_$(UNIT))
 PREPARE ?= $(PYTHON) $(RECIPE)/local/prepare.py $(CORPUS_DIR) data $(PREPARE_OPTS)

@@ -157,8 +157,12 @@ def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make)
     assert "exp/char_official --conf ./conf/train.yaml --set" in fbank["train"]
     cfg = load_train_config([fsdd / "train.yaml", fsdd / "train_whisper.yaml"])
     assert cfg.model.frontend == "none" and cfg.model.dropout == 0.3 and cfg.average_n == 10
-    assert recipe_make("speechocean762", "FEATS=whisper", "print-FEATS_CONF").strip().endswith("conf/whisper.yaml")
-    so762 = recipe_make("speechocean762", "FEATS=whisper", "print-TRAIN_CONF").split()
+    # speechocean762 reads them by default; FEATS=fbank is the log-mel recipe, in a model dir of its own.
+    assert recipe_make("speechocean762", "print-FEATS_CONF").strip().endswith("conf/whisper.yaml")
+    assert recipe_make("speechocean762", "print-TAG").strip() == "char_train"
+    assert recipe_make("speechocean762", "FEATS=fbank", "print-TAG").strip() == "char_train-fbank"
+    assert recipe_make("speechocean762", "FEATS=fbank", "print-TRAIN_CONF").split()[-1].endswith("conf/train.yaml")
+    so762 = recipe_make("speechocean762", "print-TRAIN_CONF").split()
     assert [Path(f).name for f in so762] == ["train.yaml", "train_whisper.yaml"]
     so_conf = ROOT / "egs" / "speechocean762" / "conf"
     so_cfg = load_train_config([so_conf / "train.yaml", so_conf / "train_whisper.yaml"])
