@@ -144,17 +144,18 @@ def test_a_short_utterance_is_encoded_as_if_followed_by_silence(monkeypatch) -> 
 
 
 def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make) -> None:
-    """FEATS=whisper: make-feats reads conf/whisper.yaml, training merges conf/train_whisper.yaml over
-    conf/train.yaml (FSDD's conv front-end off, the rest kept), and the model dir is not the fbank one's."""
+    """FEATS=whisper (the default): make-feats reads conf/whisper.yaml, training merges conf/train_whisper.yaml
+    over conf/train.yaml (FSDD's conv front-end off, the rest kept); FEATS=fbank gets a model dir of its own."""
     fsdd = ROOT / "egs" / "fsdd" / "conf"
     def commands(*args: str) -> dict[str, str]:  # the dry run's make-feats and train lines
         lines = recipe_make("fsdd", "-n", "FORCE=all", *args, "train").splitlines()
         return {c: next(ln for ln in lines if f"asr {c} " in ln) for c in ("make-feats", "train")}
 
-    whisper, fbank = commands("FEATS=whisper"), commands()
+    whisper, fbank = commands(), commands("FEATS=fbank")  # whisper is the default
     assert "--conf ./conf/whisper.yaml " in whisper["make-feats"] and "--conf ./conf/fbank.yaml " in fbank["make-feats"]
-    assert "exp/char_official-whisper --conf ./conf/train.yaml --conf ./conf/train_whisper.yaml " in whisper["train"]
-    assert "exp/char_official --conf ./conf/train.yaml --set" in fbank["train"]
+    assert "exp/char_official --conf ./conf/train.yaml --conf ./conf/train_whisper.yaml " in whisper["train"]
+    assert "exp/char_official-fbank --conf ./conf/train.yaml --set" in fbank["train"]
+    assert commands("FEATS=whisper") == whisper
     cfg = load_train_config([fsdd / "train.yaml", fsdd / "train_whisper.yaml"])
     assert cfg.model.frontend == "none" and cfg.model.dropout == 0.3 and cfg.average_n == 10
     # speechocean762 reads them by default; FEATS=fbank is the log-mel recipe, in a model dir of its own.
@@ -169,4 +170,4 @@ def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make)
     assert so_cfg.max_epochs == 12 and so_cfg.average_metric == "dev_cer" and so_cfg.specaug  # the rest kept
     bad = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), "FEATS=whsper", "print-TAG"],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "FEATS=whsper: expected fbank or whisper" in bad.stderr
+    assert bad.returncode != 0 and "FEATS=whsper: expected whisper or fbank" in bad.stderr
