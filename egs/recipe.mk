@@ -63,6 +63,21 @@ LEXICON ?=
 # UNIT=bpe or unigram: the sentencepiece vocabulary size
 VOCAB_SIZE ?=
 CONF ?= $(ROOT)/conf
+# A recipe with several feature front-ends lists them in FEATS_CHOICES, the default first, each with its
+# conf/<name>.yaml: FEATS=<name> picks that feature config and lays conf/train_<name>.yaml (where there is
+# one) over conf/train.yaml, and a FEATS other than the default gets a model dir of its own
+# (ABLATION=<name> unless ABLATION is given).
+ifneq ($(FEATS_CHOICES),)
+FEATS ?= $(firstword $(FEATS_CHOICES))
+ifeq ($(filter $(FEATS),$(FEATS_CHOICES)),)
+$(error FEATS=$(FEATS): expected one of $(FEATS_CHOICES))
+endif
+ifneq ($(FEATS),$(firstword $(FEATS_CHOICES)))
+ABLATION ?= $(FEATS)
+endif
+FEATS_CONF ?= $(RECIPE)/conf/$(FEATS).yaml
+TRAIN_CONF ?= $(RECIPE)/conf/train.yaml $(wildcard $(RECIPE)/conf/train_$(FEATS).yaml)
+endif
 FEATS_CONF ?= $(CONF)/fbank.yaml
 TRAIN_CONF ?= $(CONF)/blstm.yaml
 DECODE_CONF ?= $(CONF)/decode_beam.yaml

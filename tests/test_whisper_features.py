@@ -152,9 +152,10 @@ def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make)
         return {c: next(ln for ln in lines if f"asr {c} " in ln) for c in ("make-feats", "train")}
 
     whisper, fbank = commands(), commands("FEATS=fbank")  # whisper is the default
-    assert "--conf ./conf/whisper.yaml " in whisper["make-feats"] and "--conf ./conf/fbank.yaml " in fbank["make-feats"]
-    assert "exp/char_official --conf ./conf/train.yaml --conf ./conf/train_whisper.yaml " in whisper["train"]
-    assert "exp/char_official-fbank --conf ./conf/train.yaml --set" in fbank["train"]
+    assert f"--conf {fsdd}/whisper.yaml " in whisper["make-feats"]
+    assert f"--conf {fsdd}/fbank.yaml " in fbank["make-feats"]
+    assert f"exp/char_official --conf {fsdd}/train.yaml --conf {fsdd}/train_whisper.yaml " in whisper["train"]
+    assert f"exp/char_official-fbank --conf {fsdd}/train.yaml --set" in fbank["train"]
     assert commands("FEATS=whisper") == whisper
     cfg = load_train_config([fsdd / "train.yaml", fsdd / "train_whisper.yaml"])
     assert cfg.model.frontend == "none" and cfg.model.dropout == 0.3 and cfg.average_n == 10
@@ -170,4 +171,4 @@ def test_feats_whisper_picks_both_configs_in_a_model_dir_of_its_own(recipe_make)
     assert so_cfg.max_epochs == 12 and so_cfg.average_metric == "dev_cer" and so_cfg.specaug  # the rest kept
     bad = subprocess.run(["make", "-s", "-C", str(ROOT / "egs" / "fsdd"), "FEATS=whsper", "print-TAG"],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "FEATS=whsper: expected whisper or fbank" in bad.stderr
+    assert bad.returncode != 0 and "FEATS=whsper: expected one of whisper fbank" in bad.stderr
